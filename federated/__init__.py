@@ -1,0 +1,1 @@
+"""pacsmesh federated package."""
