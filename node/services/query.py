@@ -233,7 +233,7 @@ def _statement(
         QueryLevel.SERIES: ["study_uid", "series_uid"],
         QueryLevel.INSTANCE: ["study_uid", "series_uid", "sop_instance_uid"],
     }[level]
-    columns: dict[str, ColumnElement[Any]] = {f"k_{n}": table.c[n] for n in key_names}
+    columns: dict[str, ColumnElement[Any]] = {n: table.c[n].label(f"k_{n}") for n in key_names}
     for attr in attrs:
         columns[attr.tag] = _column(attr).label(f"t_{attr.tag}")
     levels = {a.level for a in attrs} | {c.attribute.level for c in query.conditions}
