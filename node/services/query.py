@@ -24,7 +24,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     FromClause,
-    Row,
     Select,
     Table,
     and_,
@@ -81,6 +80,13 @@ _SERIES_HEADER_TAGS: Final = frozenset(
     | {"00185100", "0020000E", "00200011", "00200052", "00200060", "00400244", "00400245"}
     | {"00400253", "00400254", "00400275"}
 )
+# Each result's identifying columns, outermost first; the last one names the entity.
+_KEYS: Final = {
+    QueryLevel.STUDY: ("study_uid",),
+    QueryLevel.SERIES: ("study_uid", "series_uid"),
+    QueryLevel.INSTANCE: ("study_uid", "series_uid", "sop_instance_uid"),
+}
+_SEGMENTS: Final = ("studies", "series", "instances")
 _INSTANCE_AVAILABLE: Final = "ONLINE"  # PS3.3 C.4.23.1.1: everything here is on local storage
 
 
@@ -228,12 +234,8 @@ def _statement(
 ) -> Select[Any]:
     level = query.level
     table = _TABLES[level]
-    key_names = {
-        QueryLevel.STUDY: ["study_uid"],
-        QueryLevel.SERIES: ["study_uid", "series_uid"],
-        QueryLevel.INSTANCE: ["study_uid", "series_uid", "sop_instance_uid"],
-    }[level]
-    columns: dict[str, ColumnElement[Any]] = {n: table.c[n].label(f"k_{n}") for n in key_names}
+    # The entity's own UIDs first (see _KEYS), then one column per index attribute.
+    columns: dict[str, ColumnElement[Any]] = {n: table.c[n].label(f"k_{n}") for n in _KEYS[level]}
     for attr in attrs:
         columns[attr.tag] = _column(attr).label(f"t_{attr.tag}")
     levels = {a.level for a in attrs} | {c.attribute.level for c in query.conditions}
@@ -274,19 +276,33 @@ def _representatives(
     return {row[0]: row[1] for row in conn.execute(stmt)}
 
 
-def _element(vr: str, value: Any) -> DicomJson:
-    """A DICOM JSON attribute (PS3.18 F.2.2) from an index value; empty when absent."""
-    if value is None or value == "":
-        return {"vr": vr}
+def _converter(vr: str) -> Callable[[Any], DicomJson]:
+    """Index value -> DICOM JSON attribute (PS3.18 F.2.2); zero length when absent."""
     if vr == "PN":
-        groups = str(value).split("=")
-        names = dict(zip(("Alphabetic", "Ideographic", "Phonetic"), groups, strict=False))
-        return {"vr": vr, "Value": [{k: v for k, v in names.items() if v}]}
-    if isinstance(value, int):
-        return {"vr": vr, "Value": [value]}
+        return _person_name
     if vr == "CS":
-        return {"vr": vr, "Value": str(value).split("\\")}
-    return {"vr": vr, "Value": [value]}
+        return _code_strings
+
+    def convert(value: Any) -> DicomJson:
+        if value is None or value == "":
+            return {"vr": vr}
+        return {"vr": vr, "Value": [value]}
+
+    return convert
+
+
+def _person_name(value: str | None) -> DicomJson:
+    if not value:
+        return {"vr": "PN"}
+    # PS3.18 F.2.2: the =-separated component groups become named members.
+    groups = dict(zip(("Alphabetic", "Ideographic", "Phonetic"), value.split("="), strict=False))
+    return {"vr": "PN", "Value": [{k: v for k, v in groups.items() if v}]}
+
+
+def _code_strings(value: str | None) -> DicomJson:
+    if not value:
+        return {"vr": "CS"}
+    return {"vr": "CS", "Value": value.split("\\")}
 
 
 def _header_tags(header: DicomJson, level: QueryLevel) -> Iterable[str]:
@@ -302,16 +318,6 @@ def _header_tags(header: DicomJson, level: QueryLevel) -> Iterable[str]:
             wanted = True
         if wanted:
             yield tag
-
-
-def _retrieve_url(base_url: str, level: QueryLevel, row: Row[Any]) -> str:
-    """PS3.18 §10.6.3.3 Retrieve URL (0008,1190): the WADO-RS resource of the result."""
-    url = f"{base_url}/studies/{row.k_study_uid}"
-    if level is not QueryLevel.STUDY:
-        url += f"/series/{row.k_series_uid}"
-    if level is QueryLevel.INSTANCE:
-        url += f"/instances/{row.k_sop_instance_uid}"
-    return url
 
 
 def search(
@@ -335,37 +341,38 @@ def search(
         return []
 
     headers: dict[str, DicomJson] = {}
-    rep_of: dict[str, str] = {}
+    rep_of: dict[str, str] = {}  # entity UID -> SOP Instance UID of its header
     if other_tags or query.include_all:
-        key = {QueryLevel.STUDY: "k_study_uid", QueryLevel.SERIES: "k_series_uid"}.get(level)
-        if key is None:
-            rep_of = {r.k_sop_instance_uid: r.k_sop_instance_uid for r in rows}
+        entities = [row[len(_KEYS[level]) - 1] for row in rows]
+        if level is QueryLevel.INSTANCE:
+            rep_of = {uid: uid for uid in entities}
         else:
-            rep_of = _representatives(conn, level, [getattr(r, key) for r in rows])
+            rep_of = _representatives(conn, level, entities)
         if rep_of:
             headers = load_metadata(sorted(set(rep_of.values())))
 
     base = base_url.rstrip("/")
-    entity_key = {
-        QueryLevel.STUDY: "k_study_uid",
-        QueryLevel.SERIES: "k_series_uid",
-        QueryLevel.INSTANCE: "k_sop_instance_uid",
-    }[level]
+    n_keys = len(_KEYS[level])
+    plan = [(a.tag, n_keys + i, _converter(a.vr)) for i, a in enumerate(attrs)]
     results: list[DicomJson] = []
     for row in rows:
-        dataset: DicomJson = {}
-        header = headers.get(rep_of.get(getattr(row, entity_key), ""), {})
-        if query.include_all:
-            for tag in _header_tags(header, level):
-                dataset[tag] = header[tag]
-        for tag in other_tags:
-            if tag in header:
-                dataset[tag] = header[tag]
-            elif tag in query.vrs:
-                dataset[tag] = {"vr": query.vrs[tag]}  # asked for but absent: zero length
-        for attr in attrs:
-            dataset[attr.tag] = _element(attr.vr, getattr(row, f"t_{attr.tag}"))
-        dataset[INSTANCE_AVAILABILITY] = _element("CS", _INSTANCE_AVAILABLE)
-        dataset[RETRIEVE_URL] = _element("UR", _retrieve_url(base, level, row))
+        dataset = {tag: convert(row[i]) for tag, i, convert in plan}
+        dataset[INSTANCE_AVAILABILITY] = {"vr": "CS", "Value": [_INSTANCE_AVAILABLE]}
+        # PS3.18 §10.6.3.3 Retrieve URL (0008,1190): the WADO-RS resource of the result.
+        uids = row[:n_keys]
+        path = "/".join(f"{seg}/{uid}" for seg, uid in zip(_SEGMENTS, uids, strict=False))
+        dataset[RETRIEVE_URL] = {"vr": "UR", "Value": [f"{base}/{path}"]}
+        if rep_of:
+            header = headers.get(rep_of.get(row[n_keys - 1], ""), {})
+            extra: DicomJson = {}
+            if query.include_all:
+                extra = {tag: header[tag] for tag in _header_tags(header, level)}
+            for tag in other_tags:
+                if tag in header:
+                    extra[tag] = header[tag]
+                elif tag in query.vrs:
+                    extra[tag] = {"vr": query.vrs[tag]}  # asked for but absent: zero length
+            extra.update(dataset)  # the index is authoritative for what it holds
+            dataset = extra
         results.append(dict(sorted(dataset.items())))
     return results
