@@ -289,7 +289,7 @@ def parse_query(level: QueryLevel, params: list[tuple[str, str]]) -> Query:
     conditions: list[Condition] = []
     return_tags: dict[str, None] = {}  # ordered set
     vrs: dict[str, str] = {}
-    matched: set[str] = set()
+    keys: dict[str, tuple[str, str]] = {}  # tag -> (parameter name, value)
     include_all = fuzzy = False
     limit: int | None = None
     offset = 0
@@ -323,12 +323,16 @@ def parse_query(level: QueryLevel, params: list[tuple[str, str]]) -> Query:
             continue
 
         tag, vr = _resolve(name, name)
-        if tag in matched:
-            raise InvalidRequestError(f"query parameter {name!r} given more than once")
-        matched.add(tag)
+        if tag in keys:
+            # A repeated key (dicomweb-client sends a list filter so) is a value list.
+            keys[tag] = (keys[tag][0], f"{keys[tag][1]}\\{value}")
+        else:
+            keys[tag] = (name, value)
         return_tags[tag] = None  # a matching key is also a return key (PS3.4 C.2.2.1.2)
         if vr is not None:
             vrs[tag] = vr
+
+    for tag, (name, value) in keys.items():
         if not value:
             continue  # universal matching: return the attribute, match everything
         attr = INDEXED.get(tag)

@@ -33,7 +33,8 @@ STUDY = QueryLevel.STUDY
         ([("offset", "1.5")], "'offset'"),
         ([("limit", "5"), ("limit", "6")], "more than once"),
         ([("fuzzymatching", "yes")], "'fuzzymatching'"),
-        ([("PatientID", "a"), ("00100020", "b")], "more than once"),
+        ([("PatientID", "a"), ("00100020", "b")], "multiple values"),
+        ([("StudyDate", "20240101"), ("StudyDate", "20240102")], "not a date"),
         ([("includefield", "NotAKeyword")], "'includefield'"),
         ([("includefield", "PatientID,,StudyDate")], "empty item"),
         ([("InstitutionName", "General*")], "not a matching key"),
@@ -117,3 +118,14 @@ def test_private_tags_may_be_requested_but_not_matched() -> None:
     assert query.return_tags == ("00091001",)
     with pytest.raises(InvalidRequestError, match="not a matching key"):
         parse_query(STUDY, [("00091001", "x")])
+
+
+def test_a_repeated_key_is_a_value_list() -> None:
+    query = parse_query(
+        QueryLevel.SERIES,
+        [("Modality", "CT"), ("Modality", "MR"), ("SeriesInstanceUID", "1.2"), ("0020000E", "1.3")],
+    )
+    assert [(c.attribute.keyword, c.values) for c in query.conditions] == [
+        ("Modality", ("CT", "MR")),
+        ("SeriesInstanceUID", ("1.2", "1.3")),
+    ]
