@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any, Final, cast
 
 from sqlalchemy import (
@@ -53,7 +54,7 @@ from node.services.query_keys import (
 )
 from node.storage.index import Instance, Series, Study
 
-__all__ = ["Query", "QueryLevel", "parse_query", "search"]
+__all__ = ["MAX_RESULTS", "Query", "QueryLevel", "bounded", "parse_query", "search"]
 
 MetadataLoader = Callable[[list[str]], dict[str, dict[str, Any]]]
 DicomJson = dict[str, Any]
@@ -88,6 +89,16 @@ _KEYS: Final = {
 }
 _SEGMENTS: Final = ("studies", "series", "instances")
 _INSTANCE_AVAILABLE: Final = "ONLINE"  # PS3.3 C.4.23.1.1: everything here is on local storage
+
+
+# The most results one response carries; a client pages past it with offset.
+MAX_RESULTS: Final = 10_000
+
+
+def bounded(query: Query, max_results: int = MAX_RESULTS) -> Query:
+    """The query limited to max_results + 1, so that the caller can tell it was cut short."""
+    wanted = max_results + 1 if query.limit is None else min(query.limit, max_results + 1)
+    return replace(query, limit=wanted)
 
 
 def _dialect(conn: Connection | Session) -> str:

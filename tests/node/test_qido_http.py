@@ -23,6 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from node.api.dicomweb import qido
 from node.app import create_app
+from node.services import query as query_service
 from node.settings import NodeSettings
 from tests.conftest import SHARED_DATA
 from tests.node.conftest import free_port
@@ -259,3 +260,19 @@ def test_media_types(archive: Archive) -> None:
         assert response.headers["content-type"] == "application/dicom+json"
     assert httpx.get(url, headers={"Accept": "application/dicom+xml"}).status_code == 406
     assert httpx.get(url).status_code == 200
+
+
+def test_results_past_the_server_maximum_are_cut_with_a_warning(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    everything = uids(archive.client.search_for_studies(), "0020000D")
+    monkeypatch.setattr(query_service, "MAX_RESULTS", 2)
+    response = httpx.get(f"{archive.root}/studies")
+    assert response.status_code == 200
+    assert uids(response.json(), "0020000D") == everything[:2]
+    assert response.headers["Warning"].startswith("299 ")
+    small = httpx.get(f"{archive.root}/studies", params={"limit": "1"})
+    assert len(small.json()) == 1 and "Warning" not in small.headers
+    # dicomweb-client pages through the cap with offset and still sees every study once.
+    paged = archive.client.search_for_studies(get_remaining=True)
+    assert uids(paged, "0020000D") == everything

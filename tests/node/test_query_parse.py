@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from node.errors import InvalidRequestError
-from node.services.query import QueryLevel, parse_query
+from node.services.query import QueryLevel, bounded, parse_query
 from node.services.query_keys import MatchKind
 
 STUDY = QueryLevel.STUDY
@@ -129,3 +129,10 @@ def test_a_repeated_key_is_a_value_list() -> None:
         ("Modality", ("CT", "MR")),
         ("SeriesInstanceUID", ("1.2", "1.3")),
     ]
+
+
+def test_bounded_asks_for_one_more_than_the_cap() -> None:
+    assert bounded(parse_query(STUDY, []), 100).limit == 101
+    assert bounded(parse_query(STUDY, [("limit", "5")]), 100).limit == 5
+    assert bounded(parse_query(STUDY, [("limit", "500"), ("offset", "7")]), 100).limit == 101
+    assert bounded(parse_query(STUDY, [("offset", "7")]), 100).offset == 7

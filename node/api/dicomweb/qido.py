@@ -16,9 +16,10 @@ from fastapi.responses import Response
 from node.api.deps import ArchiveDep
 from node.api.dicomweb.multipart import parse_media_type
 from node.errors import NotAcceptableError
+from node.services import query as query_service
 from node.services.archive import Archive
 from node.services.metadata import metadata_loader
-from node.services.query import Query, QueryLevel, parse_query, search
+from node.services.query import Query, QueryLevel, bounded, parse_query, search
 
 router = APIRouter(tags=["QIDO-RS"])
 
@@ -61,13 +62,23 @@ async def _search(
 ) -> Response:
     _check_accept(request.headers.get("accept"))
     query = parse_query(level, request.query_params.multi_items())
-    results = await to_thread.run_sync(_run, archive, query, study_uid, series_uid)
+    cap = query_service.MAX_RESULTS
+    results = await to_thread.run_sync(_run, archive, bounded(query, cap), study_uid, series_uid)
     if not results:
         # PS3.18 §8.3.4.4.1 (as published): no match is 204 with an empty body. CP-2473 would
         # make it 200; dicomweb-client and viewers accept both.
         return Response(status_code=204)
+    headers = {}
+    if len(results) > cap:
+        # More matched than one response carries: say so, as PS3.18 asks of an origin server
+        # that limits results; the client asks for the rest with offset.
+        results = results[:cap]
+        headers["Warning"] = (
+            '299 pacsmesh: "The number of results exceeded the maximum supported by the '
+            'server. Additional results can be requested."'
+        )
     body = json.dumps(results, ensure_ascii=False, separators=(",", ":"))
-    return Response(body.encode(), media_type=DICOM_JSON)
+    return Response(body.encode(), media_type=DICOM_JSON, headers=headers)
 
 
 @router.get("/studies")
