@@ -195,10 +195,14 @@ def _return_attributes(
     others: dict[str, None] = {}
     for tag in tags:
         attr = INDEXED.get(tag)
-        if attr is not None and LEVEL_RANK[attr.level] <= LEVEL_RANK[level]:
-            indexed[tag] = attr
+        if attr is not None:
+            # An indexed attribute of a lower level (Modality in a study search, as viewers
+            # ask) describes no single study or series: left out, rather than decrypting a
+            # header per result to show one series' value.
+            if LEVEL_RANK[attr.level] <= LEVEL_RANK[level]:
+                indexed[tag] = attr
         elif tag not in RESULT_ATTRIBUTES:
-            # Lower-level attributes at a higher level come from the representative header.
+            # Anything else comes from the header of the representative instance.
             others[tag] = None
     return list(indexed.values()), list(others)
 

@@ -387,3 +387,14 @@ def test_base_url_trailing_slash_is_not_doubled(corpus: Corpus) -> None:
     with corpus.engine.connect() as conn:
         [result] = search(conn, query, base_url=BASE + "/", load_metadata=corpus.headers.load)
     assert value(result, "00081190") == f"{BASE}/studies/{corpus.study['s2']}"
+
+
+def test_lower_level_index_attributes_are_not_invented_for_a_study(corpus: Corpus) -> None:
+    corpus.headers.calls.clear()
+    [result] = run(
+        corpus, QueryLevel.STUDY, [("PatientID", "P001"), ("includefield", "00081030,00080060")]
+    )
+    assert "00080060" not in result  # Modality belongs to a series; ModalitiesInStudy answers
+    assert result["00080061"]["Value"] == ["CT", "SR"]
+    assert value(result, "00081030") == "CT Chest"
+    assert corpus.headers.calls == []  # and no header was decrypted for it
