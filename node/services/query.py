@@ -8,7 +8,7 @@ request asks for them (includefield); at study and series level one representati
 
 Case rules (C.2.2.2.1): matching is case-sensitive, except for PN attributes, which match
 case-insensitively (the index keeps an upper-cased copy of the patient's name for this).
-Fuzzy matching (PS3.18 §8.3.4.5, `fuzzymatching=true`) applies to PN keys: every word of the
+Fuzzy matching (PS3.18 §8.3.4, `fuzzymatching=true`) applies to PN keys: every word of the
 query value (words split at `^`, `=` and spaces) must be a case-insensitive prefix of some
 word of the stored name, in any order — `fuzzymatching=true&PatientName=jo do` finds
 `Doe^John`.
@@ -156,7 +156,7 @@ def _condition_sql(cond: Condition, fuzzy: bool, dialect: str) -> ColumnElement[
             parts.append(col <= (upper + "~" if attr.vr == "TM" else upper))
         return and_(*parts)
     if attr.keyword == "ModalitiesInStudy":
-        # A study matches when any of its series has a matching modality (PS3.4 C.6.1.1.3.2).
+        # A study matches when any of its series has a matching modality (PS3.4 C.3.4).
         modality = SERIES_T.c.modality
         return exists(
             select(SERIES_T.c.series_uid).where(
@@ -183,7 +183,7 @@ def _return_attributes(
     """(index attributes, other tags) the response carries, in request order."""
     level = query.level
     tags = list(DEFAULT_TAGS[level])
-    # PS3.18 §10.6.3.3: a search across all studies also returns the enclosing levels' defaults.
+    # PS3.18 §10.6.3: a search across all studies also returns the enclosing levels' defaults.
     if level is not QueryLevel.STUDY and study_uid is None:
         tags += DEFAULT_TAGS[QueryLevel.STUDY]
     if level is QueryLevel.INSTANCE and series_uid is None:
@@ -373,7 +373,7 @@ def search(
     for row in rows:
         dataset = {tag: convert(row[i]) for tag, i, convert in plan}
         dataset[INSTANCE_AVAILABILITY] = {"vr": "CS", "Value": [_INSTANCE_AVAILABLE]}
-        # PS3.18 §10.6.3.3 Retrieve URL (0008,1190): the WADO-RS resource of the result.
+        # PS3.18 §10.6.3 Retrieve URL (0008,1190): the WADO-RS resource of the result.
         uids = row[:n_keys]
         path = "/".join(f"{seg}/{uid}" for seg, uid in zip(_SEGMENTS, uids, strict=False))
         dataset[RETRIEVE_URL] = {"vr": "UR", "Value": [f"{base}/{path}"]}

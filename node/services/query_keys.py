@@ -1,6 +1,6 @@
 """QIDO-RS query parameters: the attributes the index can match, and parsing a request.
 
-The parser only validates and normalises (PS3.18 §8.3.4.1 query parameters, PS3.4 C.2.2.2
+The parser only validates and normalises (PS3.18 §8.3.4 query parameters, PS3.4 C.2.2.2
 matching types); turning a `Query` into SQL is `node.services.query`'s job.
 """
 
@@ -67,7 +67,7 @@ INDEXED: Final[dict[str, IndexedAttribute]] = {
         _attr("StudyID", _S, "study_id"),
         _attr("StudyDescription", _S, "study_description"),
         _attr("ReferringPhysicianName", _S, "referring_physician_name"),
-        # Computed attributes (PS3.18 §10.6.3.3, PS3.4 C.3.4): maintained on write.
+        # Computed attributes (PS3.4 C.3.4): maintained on write.
         _attr("ModalitiesInStudy", _S, "modalities_in_study"),
         _attr("NumberOfStudyRelatedSeries", _S, "number_of_series", matchable=False),
         _attr("NumberOfStudyRelatedInstances", _S, "number_of_instances", matchable=False),
@@ -240,7 +240,7 @@ def _temporal_condition(attr: IndexedAttribute, value: str, param: str) -> Condi
 def _condition(attr: IndexedAttribute, value: str, param: str) -> Condition | None:
     """The condition for one matching key, or None for universal matching."""
     if attr.vr == "UI":
-        # C.2.2.2.2 list of UID matching: DICOM's backslash, or the comma PS3.18 §8.3.4.1 allows.
+        # C.2.2.2.2 list of UID matching: DICOM's backslash, or the comma PS3.18 §8.3.4 allows.
         uids = tuple(u.strip() for u in re.split(r"[\\,]", value))
         bad = [u for u in uids if not uid_is_valid(u)]
         if bad:
@@ -315,7 +315,7 @@ def parse_query(level: QueryLevel, params: list[tuple[str, str]]) -> Query:
                         continue
                     if not item:
                         raise InvalidRequestError("query parameter 'includefield': empty item")
-                    # PS3.18 §8.3.4.3: a sequence path returns its top-level sequence.
+                    # PS3.18 §8.3.4: a sequence path returns its top-level sequence.
                     tag, vr = _resolve(item.split(".", 1)[0], "includefield")
                     return_tags[tag] = None
                     if vr is not None:

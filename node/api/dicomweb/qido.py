@@ -28,7 +28,7 @@ _ACCEPTED = frozenset({DICOM_JSON, "application/json", "application/*", "*/*"})
 
 
 def _check_accept(accept: str | None) -> None:
-    """PS3.18 §10.6.1.1: results come as DICOM JSON; other media types get 406."""
+    """PS3.18 §10.6: results come as DICOM JSON; other media types get 406."""
     if not accept:
         return
     for item in accept.split(","):
@@ -83,7 +83,7 @@ async def _search(
 
 @router.get("/studies")
 async def search_for_studies(request: Request, archive: ArchiveDep) -> Response:
-    """Studies matching the query (PS3.18 §10.6.1, Table 10.6.1-2: all studies)."""
+    """Studies matching the query (PS3.18 §10.6)."""
     return await _search(request, archive, QueryLevel.STUDY)
 
 
