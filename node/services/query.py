@@ -157,11 +157,13 @@ def _condition_sql(cond: Condition, fuzzy: bool, dialect: str) -> ColumnElement[
         return and_(*parts)
     if attr.keyword == "ModalitiesInStudy":
         # A study matches when any of its series has a matching modality (PS3.4 C.3.4).
-        modality = SERIES_T.c.modality
+        # An alias, so that a series search (which has `series` in its own FROM) still
+        # correlates on the study alone.
+        other = SERIES_T.alias("study_series")
         return exists(
-            select(SERIES_T.c.series_uid).where(
-                SERIES_T.c.study_uid == STUDY_T.c.study_uid,
-                or_(*(_string_match(modality, v, dialect) for v in cond.values)),
+            select(other.c.series_uid).where(
+                other.c.study_uid == STUDY_T.c.study_uid,
+                or_(*(_string_match(other.c.modality, v, dialect) for v in cond.values)),
             )
         )
     if attr.vr == "PN":

@@ -398,3 +398,13 @@ def test_lower_level_index_attributes_are_not_invented_for_a_study(corpus: Corpu
     assert result["00080061"]["Value"] == ["CT", "SR"]
     assert value(result, "00081030") == "CT Chest"
     assert corpus.headers.calls == []  # and no header was decrypted for it
+
+
+def test_modalities_in_study_in_series_and_instance_searches(corpus: Corpus) -> None:
+    # Every series of a study that has an SR series, not only the SR series itself.
+    found = run(corpus, QueryLevel.SERIES, [("ModalitiesInStudy", "SR")])
+    assert sorted(value(r, "0020000E") for r in found) == sorted(
+        [corpus.series["s1_ct"], corpus.series["s1_sr"]]
+    )
+    instances = run(corpus, QueryLevel.INSTANCE, [("ModalitiesInStudy", "MR")])
+    assert [value(r, "00080018") for r in instances] == corpus.instances["s2_mr"]
