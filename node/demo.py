@@ -12,7 +12,7 @@ import numpy as np
 import typer
 import uvicorn
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from node.app import create_app
 from node.services.archive import Archive
@@ -33,7 +33,7 @@ def generated_studies(count: int = 3, per_series: int = 4) -> list[bytes]:
         for i in range(per_series):
             ds = Dataset()
             meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+            meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.2")
             meta.MediaStorageSOPInstanceUID = generate_uid(
                 entropy_srcs=["pacsmesh-demo-instance", str(s), str(i)]
             )
