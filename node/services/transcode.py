@@ -18,7 +18,6 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.utils import compress
 from pydicom.uid import (
     UID,
-    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -30,8 +29,8 @@ from pydicom.uid import (
 from node.errors import NotAcceptableError
 from node.services.pixels import (
     DECODE_ERRORS_ALL,
-    check_native_pixel_data,
     PIXEL_DATA_TAG,
+    check_native_pixel_data,
     decode,
     is_big_endian,
     native_bytes,
@@ -40,12 +39,9 @@ from node.services.pixels import (
     swap_words,
     transfer_syntax,
 )
+from node.services.syntaxes import TRANSCODE_TARGETS
 
-NATIVE_TARGETS = frozenset(
-    {ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
-)
 ENCODED_TARGETS = frozenset({RLELossless, JPEG2000Lossless})
-TARGETS = NATIVE_TARGETS | ENCODED_TARGETS
 
 # Sources that are lossy whatever their parameters: their decoded pixels carry that loss.
 _ALWAYS_LOSSY = frozenset({JPEGBaseline8Bit, JPEGExtended12Bit})
@@ -57,7 +53,7 @@ def transcode(ds: Dataset, target_ts: str) -> bytes:
     Raises NotAcceptableError when the target is not offered or the pixels cannot be decoded.
     """
     target = UID(target_ts)
-    if target not in TARGETS:
+    if target not in TRANSCODE_TARGETS:
         raise NotAcceptableError(f"transcoding to transfer syntax {target} is not offered")
     source = transfer_syntax(ds)
     if is_big_endian(source):
