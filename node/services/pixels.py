@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID, ExplicitVRBigEndian
 
@@ -121,7 +121,9 @@ def decode(ds: Dataset, index: int | None = None) -> Decoded:
     if not decoder.is_available:
         raise NotAcceptableError(f"no installed plugin decodes transfer syntax {ts}")
     try:
-        arr, meta = decoder.as_array(ds, index=index, as_rgb=True)
+        # pydicom annotates **kwargs as one DecodeOptions, so pass the options as a mapping.
+        options: dict[str, Any] = {"as_rgb": True}
+        arr, meta = decoder.as_array(ds, index=index, **options)
     except DECODE_ERRORS_ALL as exc:
         raise NotAcceptableError(f"pixel data cannot be decoded: {short_reason(exc)}") from exc
     return Decoded(

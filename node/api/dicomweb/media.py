@@ -175,7 +175,7 @@ def _decodable(stored_ts: str) -> bool:
     if stored_ts in NATIVE_SYNTAXES:
         return True
     # Imported lazily: pydicom's pixel machinery is heavy and only needed here.
-    from pydicom.pixels import get_decoder
+    from pydicom.pixels.decoders.base import get_decoder
 
     try:
         return bool(get_decoder(stored_ts).is_available)
