@@ -131,8 +131,8 @@ def decode(ds: Dataset, index: int | None = None) -> Decoded:
         photometric_interpretation=str(meta["photometric_interpretation"]),
         samples_per_pixel=int(meta["samples_per_pixel"]),
         bits_allocated=int(meta["bits_allocated"]),
-        bits_stored=int(meta["bits_stored"]),
-        pixel_representation=int(meta["pixel_representation"]),
+        bits_stored=int(meta.get("bits_stored", meta["bits_allocated"])),
+        pixel_representation=int(meta.get("pixel_representation", 0)),
         number_of_frames=int(meta["number_of_frames"]),
     )
 
