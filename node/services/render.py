@@ -263,6 +263,11 @@ def _grey(
             table = _to_uint8(_grey_table(ds, index, np.arange(lo, hi + 1), window))
             if invert:
                 table = 255 - table
+            if arr.dtype.kind == "u" and arr.dtype.itemsize <= 2:
+                # Index with the stored values themselves: no widened copy of the frame.
+                direct = np.zeros(hi + 1, dtype=np.uint8)
+                direct[lo:] = table
+                return direct[shown]
             return table[shown.astype(np.int64, copy=False) - lo]
     if window is None and _image_window(ds, index) is None and "VOILUTSequence" not in ds:
         # Min/max windowing must see the whole frame, not just the region.
