@@ -355,7 +355,9 @@ def render(
     photometric = decoded.photometric_interpretation
     try:
         if photometric in ("MONOCHROME1", "MONOCHROME2"):
-            invert = (photometric == "MONOCHROME1") != (ds.get("PresentationLUTShape") == "INVERSE")
+            # PS3.3 C.8.11.6.1.2: DX-family MONOCHROME1 images also carry Presentation LUT
+            # Shape INVERSE; both say the same thing, so they must not cancel out.
+            invert = photometric == "MONOCHROME1" or ds.get("PresentationLUTShape") == "INVERSE"
             pixels = _grey(ds, frame - 1, arr, window, invert, viewport)
             image = Image.fromarray(np.ascontiguousarray(pixels), mode="L")
         elif photometric in ("RGB", "PALETTE COLOR"):

@@ -64,6 +64,9 @@ def transcode(ds: Dataset, target_ts: str) -> bytes:
             _decompress_into(out, ds, source)
         elif PIXEL_DATA_TAG in ds:
             check_native_pixel_data(ds)
+    for tag in [t for t in out.keys() if t.element == 0 and t.group != 2]:  # noqa: SIM118
+        # Group lengths are retired (PS3.5 §7.2) and go stale when values change.
+        del out[tag]
     if target in ENCODED_TARGETS and PIXEL_DATA_TAG in out:
         _compress(out, target)
     out.file_meta.TransferSyntaxUID = target

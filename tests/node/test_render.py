@@ -124,8 +124,19 @@ def test_monochrome1_is_inverted_so_bone_is_white() -> None:
     assert np.array_equal(out, 255 - RAMP)
 
 
+def test_presentation_lut_shape_inverse() -> None:
+    """INVERSE inverts MONOCHROME2; on MONOCHROME1 (as DX requires) it does not undo it."""
+    window = (128, 256, "LINEAR")
+    inverse = {"PresentationLUTShape": "INVERSE"}
+    assert np.array_equal(ramp_png(window=window, attributes=inverse), 255 - RAMP)
+    both = ramp_png(photometric="MONOCHROME1", window=window, attributes=inverse)
+    assert np.array_equal(both, 255 - RAMP)
+    identity = ramp_png(window=window, attributes={"PresentationLUTShape": "IDENTITY"})
+    assert np.array_equal(identity, RAMP)
+
+
 def test_real_monochrome1_chest_renders_with_dark_air() -> None:
-    """The real MONOCHROME1 chest CR renders with mostly dark corners (air) and bright centre."""
+    """The real MONOCHROME1 chest CR renders with dark corners (air) and a bright centre."""
     ds = read("chest-cr-philips-j2k.dcm")
     out = np.asarray(Image.open(io.BytesIO(thumbnail(ds, (256, 256), "image/png"))))
     h, w = out.shape

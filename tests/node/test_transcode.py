@@ -119,6 +119,15 @@ def test_lossy_source_keeps_its_lossy_flag() -> None:
     assert out.get("LossyImageCompressionRatio") == original.get("LossyImageCompressionRatio")
 
 
+def test_stale_group_lengths_are_dropped() -> None:
+    """Retired group lengths (693_J2KI has them) are dropped; the file meta one is kept."""
+    original = read("693_J2KI.dcm")
+    assert any(tag.element == 0 for tag in original.keys())  # noqa: SIM118
+    out = reread(transcode(original, RLE))
+    assert not any(tag.element == 0 for tag in out.keys())  # noqa: SIM118
+    assert "FileMetaInformationGroupLength" in out.file_meta
+
+
 def test_big_endian_source_becomes_little_endian() -> None:
     """The retired big-endian syntax is re-encoded with its words swapped, pixels unchanged."""
     out = reread(transcode(read("MR_small_bigendian.dcm"), EXPLICIT))
