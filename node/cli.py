@@ -2,20 +2,195 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from node.errors import NodeError
 
 app = typer.Typer(
     name="pacsmesh",
     help="pacsmesh: a secure federated network for medical images and records.",
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
 )
 node_app = typer.Typer(help="Run and administer a hospital node.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="node data directory (NODE_DATA_DIR)")
+]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
+
+
+def _settings(**flags: object):  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
+    from node.settings import load_settings
+
+    try:
+        return load_settings(**flags)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        _fail(f"invalid settings: {problems}")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@node_app.command("serve")
+def serve(
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 8080)")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
+    database_url: Annotated[str | None, typer.Option(help="index database URL")] = None,
+    kek_source: Annotated[
+        str | None, typer.Option(help="KEK source: file | file:PATH | env:VAR")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+) -> None:
+    """Run a node: DICOMweb over HTTP(S) on one port."""
+    import uvicorn
+
+    from node.app import create_app
+    from node.services.archive import Archive
+
+    settings = _settings(
+        data_dir=data_dir,
+        config_file=config,
+        host=host,
+        port=port,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        database_url=database_url,
+        kek_source=kek_source,
+    )
+    try:
+        archive = Archive.open(settings)
+    except NodeError as exc:
+        _fail(exc.message)
+    application = create_app(settings, archive)
+    typer.echo(f"pacsmesh node serving {settings.base_url}/dicom-web", err=True)
+    try:
+        uvicorn.run(
+            application,
+            host=settings.host,
+            port=settings.port,
+            ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+            ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+            log_level=log_level,
+            access_log=False,  # access logs would carry UIDs; the audit log records accesses
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        archive.close()
+
+
+@node_app.command("rotate-key")
+def rotate_key(
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    kek_source: Annotated[str | None, typer.Option(help="current KEK source")] = None,
+    new_kek_source: Annotated[
+        str | None, typer.Option(help="for env: sources, the variable holding the new key")
+    ] = None,
+) -> None:
+    """Re-wrap every study key under a new key-encryption key (the node must be stopped)."""
+    from node.services.archive import Archive
+    from node.storage.keys import rotate_kek
+
+    settings = _settings(data_dir=data_dir, config_file=config, kek_source=kek_source)
+    try:
+        archive = Archive.open(settings)
+        try:
+            new_id = rotate_kek(
+                archive.engine, settings.data_dir, settings.kek_source, new_kek_source
+            )
+        finally:
+            archive.close()
+    except NodeError as exc:
+        _fail(exc.message)
+    typer.echo(json.dumps({"kek_id": new_id}))
+
+
+@node_app.command("import")
+def import_archive(
+    source: Annotated[str, typer.Option("--from", help="DICOMweb root of the existing archive")],
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    token: Annotated[str | None, typer.Option(help="bearer token for the source")] = None,
+) -> None:
+    """Copy every study of an existing DICOMweb archive into this node."""
+    from node.services.archive import Archive
+    from node.services.importer import import_from_dicomweb
+
+    settings = _settings(data_dir=data_dir, config_file=config)
+    try:
+        archive = Archive.open(settings)
+    except NodeError as exc:
+        _fail(exc.message)
+    try:
+        report = import_from_dicomweb(archive, source, token=token)
+    finally:
+        archive.close()
+    typer.echo(json.dumps(report.as_dict()))
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _mount_optional() -> None:
+    """Mount the ledger and federated command groups when their packages provide them."""
+    import importlib
+
+    for module, attr, name in (
+        ("ledger.cli", "ledger_app", "ledger"),
+        ("ledger.cli", "consortium_app", "consortium"),
+        ("ledger.cli", "patient_app", "patient"),
+        ("ledger.cli", "consent_app", "consent"),
+        ("ledger.audit_cli", "audit_app", "audit"),
+        ("federated.cli", "federated_app", "federated"),
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        app.add_typer(getattr(mod, attr), name=name)
+
+
+@app.command("demo")
+def demo(
+    shared: Annotated[Path, typer.Option(help="the shared/ folder with sample data")] = Path(
+        "../shared"
+    ),
+    data_dir: Annotated[Path, typer.Option(help="demo data directory")] = Path("demo-data"),
+    port: int = 8080,
+) -> None:
+    """Start a node on loopback with sample studies loaded and print URLs to try."""
+    from node.demo import run_demo
+
+    run_demo(shared, data_dir, port)
+
 
 def main() -> None:
     """Run the pacsmesh command line."""
-    app()
+    _mount_optional()
+    try:
+        app()
+    except NodeError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

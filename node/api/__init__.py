@@ -1,0 +1,1 @@
+"""HTTP interfaces: routers translate protocols into service calls and back."""

@@ -1,0 +1,1 @@
+"""Services: the only place with policy. Protocol-agnostic; never imports FastAPI or pynetdicom."""

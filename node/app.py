@@ -1,0 +1,75 @@
+"""Builds the node's HTTP application: `create_app(settings)`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from node.api.dicomweb.router import build_router as build_dicomweb_router
+from node.errors import NodeError
+from node.services.archive import Archive
+from node.settings import NodeSettings
+
+log = logging.getLogger("pacsmesh.node")
+
+
+def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAPI:
+    """The node's FastAPI app; opens the archive at start-up unless one is handed in."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = archive is None
+        app.state.archive = archive or Archive.open(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                app.state.archive.close()
+
+    app = FastAPI(
+        title="pacsmesh node",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    if archive is not None:
+        app.state.archive = archive
+    app.include_router(build_dicomweb_router(), prefix="/dicom-web")
+    _install_error_handlers(app)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(NodeError)
+    async def node_error(_request: Request, exc: NodeError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+        )
+        return JSONResponse({"error": f"invalid request: {problems}"}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # Never echo the exception: it may carry personal data from a header.
+        log.error("unexpected error: %s", type(exc).__name__, exc_info=exc)
+        return JSONResponse({"error": "internal error"}, status_code=500)

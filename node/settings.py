@@ -1,0 +1,117 @@
+"""Node settings: one pydantic-settings object per process, built at start-up and passed in.
+
+Precedence, highest first: command-line flags (passed as init values), `NODE_*` environment
+variables (nested with `__`), the optional TOML config file, then these defaults.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+GIB = 1 << 30
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Values from the TOML file named by the `config_file` init value (if any)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._values: dict[str, Any] = {}
+        if path is not None:
+            try:
+                self._values = tomllib.loads(path.read_text())
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ValueError(f"cannot read config file {path}: {exc}") from exc
+            self._values = self._values.get("node", self._values)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._values.items() if k in self.settings_cls.model_fields}
+
+
+class NodeSettings(BaseSettings):
+    """Everything a node needs to start: where its data lives, how it listens, its limits."""
+
+    model_config = SettingsConfigDict(env_prefix="NODE_", env_nested_delimiter="__", extra="ignore")
+
+    config_file: Path | None = Field(default=None, description="optional TOML config file")
+    data_dir: Path = Field(description="the node's data directory (index, blobs, keys)")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file in the data directory"
+    )
+    kek_source: str = Field(
+        default="file",
+        description="'file' (DATA_DIR/keys/kek.key), 'file:PATH', or 'env:VARIABLE' (base64)",
+    )
+    environment: Literal["development", "production"] = "development"
+    public_url: str | None = Field(
+        default=None, description="base URL clients reach this node at (for RetrieveURL)"
+    )
+    max_request_bytes: int = Field(default=8 * GIB, gt=0)
+    max_instances_per_request: int = Field(default=10_000, gt=0)
+    max_header_bytes: int = Field(
+        default=64 << 20, gt=0, description="largest DICOM header (all before Pixel Data)"
+    )
+    fsync: bool = Field(default=True, description="fsync blobs and directories before acking")
+
+    @model_validator(mode="after")
+    def _check(self) -> NodeSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.environment == "production" and self.kek_source == "file":
+            # The default key file sits beside the data it protects: fine for development,
+            # refused in production, where the KEK must come from elsewhere.
+            raise ValueError("production nodes must name their KEK source (file:PATH or env:VAR)")
+        return self
+
+    @property
+    def index_url(self) -> str:
+        """The index database URL, defaulting to SQLite inside the data directory."""
+        from node.storage.db import default_database_url
+
+        return self.database_url or default_database_url(self.data_dir)
+
+    @property
+    def base_url(self) -> str:
+        """How this node names itself in URLs it hands out."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = None
+        if isinstance(init_settings, InitSettingsSource):
+            config_file = init_settings.init_kwargs.get("config_file")
+        toml = _TomlFileSource(settings_cls, Path(config_file) if config_file else None)
+        return (init_settings, env_settings, toml)
+
+
+def load_settings(**flags: Any) -> NodeSettings:
+    """Build settings from flags that were given (None means 'not given')."""
+    return NodeSettings(**{k: v for k, v in flags.items() if v is not None})

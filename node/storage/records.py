@@ -1,0 +1,198 @@
+"""Index reads and writes for stored instances (SQLAlchemy Core: this is the hot path)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Row, Table, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from node.storage.index import Instance, Series, Study, StudyKey
+
+STUDY: Table = Study.__table__  # type: ignore[attr-defined]
+SERIES: Table = Series.__table__  # type: ignore[attr-defined]
+INSTANCE: Table = Instance.__table__  # type: ignore[attr-defined]
+STUDY_KEY: Table = StudyKey.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """What the retrieve path needs to find and describe one stored instance."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    size_bytes: int
+    blob_name: str
+    number_of_frames: int | None
+    content_sha256: str
+
+
+_ROW_COLS = (
+    INSTANCE.c.study_uid,
+    INSTANCE.c.series_uid,
+    INSTANCE.c.sop_instance_uid,
+    INSTANCE.c.sop_class_uid,
+    INSTANCE.c.transfer_syntax_uid,
+    INSTANCE.c.size_bytes,
+    INSTANCE.c.blob_name,
+    INSTANCE.c.number_of_frames,
+    INSTANCE.c.content_sha256,
+)
+
+
+def _row(r: Row[Any]) -> InstanceRow:
+    return InstanceRow(*tuple(r))
+
+
+def _insert(conn: Connection, table: Any) -> Any:
+    return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
+
+
+def find_instance(conn: Connection, sop_instance_uid: str) -> InstanceRow | None:
+    """One instance by its SOP Instance UID."""
+    r = conn.execute(
+        select(*_ROW_COLS).where(INSTANCE.c.sop_instance_uid == sop_instance_uid)
+    ).first()
+    return _row(r) if r else None
+
+
+def list_instances(
+    conn: Connection, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+) -> list[InstanceRow]:
+    """Instances of a study, series or one instance, in series/instance-number order."""
+    q = select(*_ROW_COLS).where(INSTANCE.c.study_uid == study_uid)
+    if series_uid is not None:
+        q = q.where(INSTANCE.c.series_uid == series_uid)
+    if sop_uid is not None:
+        q = q.where(INSTANCE.c.sop_instance_uid == sop_uid)
+    q = q.order_by(INSTANCE.c.series_uid, INSTANCE.c.instance_number, INSTANCE.c.sop_instance_uid)
+    return [_row(r) for r in conn.execute(q)]
+
+
+def series_study(conn: Connection, series_uid: str) -> str | None:
+    """The study a series belongs to, if the series is known."""
+    return conn.execute(
+        select(SERIES.c.study_uid).where(SERIES.c.series_uid == series_uid)
+    ).scalar_one_or_none()
+
+
+def metadata_of(conn: Connection, sop_uids: list[str]) -> dict[str, tuple[str, bytes]]:
+    """Sealed header metadata per instance: {sop_uid: (study_uid, sealed)}."""
+    out: dict[str, tuple[str, bytes]] = {}
+    for i in range(0, len(sop_uids), 500):
+        chunk = sop_uids[i : i + 500]
+        rows = conn.execute(
+            select(
+                INSTANCE.c.sop_instance_uid, INSTANCE.c.study_uid, INSTANCE.c.metadata_enc
+            ).where(INSTANCE.c.sop_instance_uid.in_(chunk))
+        )
+        for row in rows:
+            out[row[0]] = (row[1], row[2])
+    return out
+
+
+def insert_instance(
+    conn: Connection, study: dict[str, Any], series: dict[str, Any], instance: dict[str, Any]
+) -> None:
+    """Index one new instance, creating its study and series rows and keeping counters."""
+    study_uid = study["study_uid"]
+    created_study = conn.execute(
+        _insert(conn, STUDY).values(**study).on_conflict_do_nothing().returning(STUDY.c.study_uid)
+    ).first()
+    created_series = conn.execute(
+        _insert(conn, SERIES)
+        .values(**series)
+        .on_conflict_do_nothing()
+        .returning(SERIES.c.series_uid)
+    ).first()
+    conn.execute(INSTANCE.insert().values(**instance))
+    conn.execute(
+        update(SERIES)
+        .where(SERIES.c.series_uid == series["series_uid"])
+        .values(number_of_instances=SERIES.c.number_of_instances + 1)
+    )
+    changes: dict[str, Any] = {"number_of_instances": STUDY.c.number_of_instances + 1}
+    if created_series is not None:
+        changes["number_of_series"] = STUDY.c.number_of_series + 1
+        modality = series.get("modality")
+        if modality:
+            current = "" if created_study else _modalities(conn, study_uid)
+            merged = sorted(set(filter(None, current.split("\\"))) | {modality})
+            changes["modalities_in_study"] = "\\".join(merged)
+    conn.execute(update(STUDY).where(STUDY.c.study_uid == study_uid).values(**changes))
+
+
+def _modalities(conn: Connection, study_uid: str) -> str:
+    return conn.execute(
+        select(STUDY.c.modalities_in_study).where(STUDY.c.study_uid == study_uid)
+    ).scalar_one()
+
+
+def delete_instances(conn: Connection, rows: list[InstanceRow]) -> list[str]:
+    """Remove instances from the index, fix counters, drop emptied series and studies.
+
+    Returns the study UIDs that no longer exist; their keys are deleted in the same
+    transaction (crypto-shredding).
+    """
+    if not rows:
+        return []
+    sops = [r.sop_instance_uid for r in rows]
+    for i in range(0, len(sops), 500):
+        conn.execute(delete(INSTANCE).where(INSTANCE.c.sop_instance_uid.in_(sops[i : i + 500])))
+    gone_studies: list[str] = []
+    for series_uid in {r.series_uid for r in rows}:
+        left = conn.execute(
+            select(func.count()).select_from(INSTANCE).where(INSTANCE.c.series_uid == series_uid)
+        ).scalar_one()
+        if left:
+            conn.execute(
+                update(SERIES)
+                .where(SERIES.c.series_uid == series_uid)
+                .values(number_of_instances=left)
+            )
+        else:
+            conn.execute(delete(SERIES).where(SERIES.c.series_uid == series_uid))
+    for study_uid in {r.study_uid for r in rows}:
+        n_inst = conn.execute(
+            select(func.count()).select_from(INSTANCE).where(INSTANCE.c.study_uid == study_uid)
+        ).scalar_one()
+        if not n_inst:
+            conn.execute(delete(STUDY).where(STUDY.c.study_uid == study_uid))
+            conn.execute(delete(STUDY_KEY).where(STUDY_KEY.c.study_uid == study_uid))
+            gone_studies.append(study_uid)
+            continue
+        mods: list[str | None] = list(
+            conn.execute(
+                select(SERIES.c.modality).where(SERIES.c.study_uid == study_uid).distinct()
+            ).scalars()
+        )
+        n_series = conn.execute(
+            select(func.count()).select_from(SERIES).where(SERIES.c.study_uid == study_uid)
+        ).scalar_one()
+        conn.execute(
+            update(STUDY)
+            .where(STUDY.c.study_uid == study_uid)
+            .values(
+                number_of_instances=n_inst,
+                number_of_series=n_series,
+                modalities_in_study="\\".join(sorted(m for m in mods if m)),
+            )
+        )
+    return gone_studies
+
+
+def all_blob_names(conn: Connection) -> set[str]:
+    """Every blob the index references (for start-up reconciliation)."""
+    return set(conn.execute(select(INSTANCE.c.blob_name)).scalars())
+
+
+def drop_keys_without_studies(conn: Connection) -> int:
+    """Remove DEKs created for studies whose first store never committed."""
+    orphan = select(STUDY.c.study_uid)
+    result = conn.execute(delete(STUDY_KEY).where(STUDY_KEY.c.study_uid.not_in(orphan)))
+    return int(result.rowcount or 0)
