@@ -15,13 +15,11 @@ import pydicom
 import pytest
 import uvicorn
 from dicomweb_client import DICOMwebClient
-from fastapi import FastAPI
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from node.api.dicomweb import qido
 from node.app import create_app
 from node.services import query as query_service
 from node.settings import NodeSettings
@@ -63,10 +61,6 @@ class Archive:
     generated_series: list[str]
 
 
-def _mounted(app: FastAPI) -> bool:
-    return any(getattr(r, "path", "") == "/dicom-web/studies" for r in app.routes)
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def archive(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -86,9 +80,8 @@ def archive(
         database_url=database_url,
         fsync=False,
     )
+    # In-process (not `pacsmesh node serve`) so a test can lower the result cap.
     app = create_app(settings)
-    if not _mounted(app):  # until the lead's DICOMweb router includes QIDO-RS
-        app.include_router(qido.router, prefix="/dicom-web")
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
