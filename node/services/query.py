@@ -311,6 +311,8 @@ def _converter(vr: str) -> Callable[[Any], DicomJson]:
 def _person_name(value: str | None) -> DicomJson:
     if not value:
         return {"vr": "PN"}
+    if "=" not in value:  # the common case, without the intermediate containers
+        return {"vr": "PN", "Value": [{"Alphabetic": value}]}
     # PS3.18 F.2.2: the =-separated component groups become named members.
     groups = dict(zip(("Alphabetic", "Ideographic", "Phonetic"), value.split("="), strict=False))
     return {"vr": "PN", "Value": [{k: v for k, v in groups.items() if v}]}
