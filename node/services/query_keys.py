@@ -279,8 +279,10 @@ def _parse_bool(value: str, param: str) -> bool:
 
 
 def _parse_count(value: str, param: str) -> int:
-    if not value.isdigit() or len(value) > 9:
+    if not value.isascii() or not value.isdigit():
         raise InvalidRequestError(f"query parameter {param!r}: expected a non-negative integer")
+    if len(value) > 9:
+        raise InvalidRequestError(f"query parameter {param!r}: must be below 1000000000")
     return int(value)
 
 

@@ -31,6 +31,8 @@ STUDY = QueryLevel.STUDY
         ([("limit", "ten")], "'limit'"),
         ([("limit", "-1")], "'limit'"),
         ([("offset", "1.5")], "'offset'"),
+        ([("offset", "１２")], "non-negative integer"),  # full-width digits are not ASCII
+        ([("limit", "10000000000")], "below 1000000000"),
         ([("limit", "5"), ("limit", "6")], "more than once"),
         ([("fuzzymatching", "yes")], "'fuzzymatching'"),
         ([("PatientID", "a"), ("00100020", "b")], "multiple values"),

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import BasicTextSRStorage, CTImageStorage, generate_uid
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from node.errors import InvalidRequestError
 from node.services.query import QueryLevel, parse_query, search
@@ -437,3 +438,10 @@ def test_any_query_is_answered_or_refused_with_a_reason(
         assert exc.http_status == 400 and exc.message
         return
     assert all("00081190" in r for r in results)
+
+
+def test_search_runs_on_an_orm_session_too(corpus: Corpus) -> None:
+    query = parse_query(QueryLevel.STUDY, [("PatientID", "P002")])
+    with Session(corpus.engine) as session:
+        [result] = search(session, query, base_url=BASE, load_metadata=corpus.headers.load)
+    assert value(result, "0020000D") == corpus.study["s2"]
