@@ -202,7 +202,7 @@ def _describe(tag: str) -> str:
 
 def _check_date(value: str, param: str) -> None:
     try:
-        if len(value) != 8 or not value.isdigit():
+        if len(value) != 8 or not (value.isascii() and value.isdigit()):
             raise ValueError
         date(int(value[:4]), int(value[4:6]), int(value[6:]))
     except ValueError:

@@ -21,6 +21,7 @@ STUDY = QueryLevel.STUDY
         ([("StudyDate", "2024-01-01")], "not a valid range"),
         ([("StudyDate", "20241301")], "not a date"),
         ([("StudyDate", "2024011")], "not a date"),
+        ([("StudyDate", "２０２４０１０１")], "not a date"),
         ([("StudyDate", "2024*")], "not a date"),
         ([("StudyDate", "-")], "not a valid range"),
         ([("StudyDate", "20240201-20240101")], "ends before it starts"),
