@@ -88,7 +88,7 @@ _KEYS: Final = {
     QueryLevel.INSTANCE: ("study_uid", "series_uid", "sop_instance_uid"),
 }
 _SEGMENTS: Final = ("studies", "series", "instances")
-_INSTANCE_AVAILABLE: Final = "ONLINE"  # PS3.3 C.4.23.1.1: everything here is on local storage
+_INSTANCE_AVAILABLE: Final = "ONLINE"  # Instance Availability (0008,0056): all on local disk
 
 
 # The most results one response carries; a client pages past it with offset.
