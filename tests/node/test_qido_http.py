@@ -269,3 +269,17 @@ def test_results_past_the_server_maximum_are_cut_with_a_warning(
     # dicomweb-client pages through the cap with offset and still sees every study once.
     paged = archive.client.search_for_studies(get_remaining=True)
     assert uids(paged, "0020000D") == everything
+
+
+def test_a_viewer_study_list_query(archive: Archive) -> None:
+    """The query string an OHIF-class study list sends, literally encoded."""
+    response = httpx.get(
+        f"{archive.root}/studies?limit=101&offset=0&fuzzymatching=false"
+        "&includefield=00081030%2C00080060&PatientName=*doe*&StudyDate=20240101-20241231",
+        headers={"Accept": "application/dicom+json"},
+    )
+    assert response.status_code == 200
+    [study] = response.json()
+    assert first(study, "0020000D") == archive.generated_study
+    assert study["00080061"]["Value"] == ["CT", "SR"]
+    assert "00080060" not in study  # Modality is a series attribute; ModalitiesInStudy answers
