@@ -44,10 +44,8 @@ def test_migrated_schema_matches_the_models(database_url: str) -> None:
     def ours(obj: object, name: str | None, type_: str, *_: object) -> bool:
         # Other packages (the ledger's audit log) register tables on the same metadata.
         table = getattr(obj, "table", obj)
-        return (
-            type_ != "table"
-            and getattr(table, "name", None) in node_tables
-            or (type_ == "table" and name in node_tables)
+        return (type_ != "table" and getattr(table, "name", None) in node_tables) or (
+            type_ == "table" and name in node_tables
         )
 
     with engine.connect() as conn:
