@@ -7,7 +7,6 @@ from pathlib import Path
 
 import httpx
 import pydicom
-import pytest
 from dicomweb_client.api import DICOMwebClient
 
 from tests.node.conftest import RunningNode
@@ -242,11 +241,11 @@ def test_delete_study_shreds_its_key(node: RunningNode) -> None:
     )
 
 
-@pytest.mark.parametrize("path", ["/studies/1.2.3", "/studies/1.2.3/metadata"])
-def test_unknown_study_is_404(node: RunningNode, path: str) -> None:
-    r = httpx.get(node.dicomweb + path, timeout=30)
-    assert r.status_code == 404
-    assert "not found" in r.json()["error"]
+def test_unknown_resources_are_404(node: RunningNode) -> None:
+    for path in ("/studies/1.2.3", "/studies/1.2.3/metadata", "/studies/1.2.3/series/4.5"):
+        r = httpx.get(node.dicomweb + path, timeout=30)
+        assert r.status_code == 404, path
+        assert "not found" in r.json()["error"]
 
 
 def test_real_truncated_files_are_refused(node: RunningNode) -> None:

@@ -11,7 +11,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 
-from tests.node.conftest import RunningNode, start_node
+from tests.node.conftest import RunningNode, plaintext_findings, start_node
 from tests.node.factories import pydicom_image_files, real_sample_files
 
 
@@ -25,6 +25,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunningNode, list[
     DICOMwebClient(node.dicomweb).store_instances(datasets)
     yield node, datasets
     node.stop()
+    assert not plaintext_findings(node.data_dir, [b"DICM"])
 
 
 def test_default_retrieve_transcodes_to_explicit_little_endian_pixel_identical(
