@@ -24,7 +24,7 @@ from node.app import create_app
 from node.services import query as query_service
 from node.settings import NodeSettings
 from tests.conftest import SHARED_DATA
-from tests.node.conftest import free_port
+from tests.node.conftest import free_port, plaintext_findings
 from tests.node.query_fixtures import PG_ADMIN_URL, PG_URL_TEMPLATE, make_dataset
 
 REAL_FILES = [
@@ -126,6 +126,11 @@ def archive(
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        # Searching must not have left plaintext behind: no DICM preamble, no pixel data.
+        us = pydicom.dcmread(SHARED_DATA / "us-multiframe-rgb.dcm")
+        middle = len(us.PixelData) // 2
+        hits = plaintext_findings(settings.data_dir, [b"DICM", us.PixelData[middle : middle + 64]])
+        assert not hits, "plaintext found on disk: " + "; ".join(hits)
         if pg_name is not None:
             with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
