@@ -372,15 +372,26 @@ def search(
 
     base = base_url.rstrip("/")
     n_keys = len(_KEYS[level])
-    plan = [(a.tag, n_keys + i, _converter(a.vr)) for i, a in enumerate(attrs)]
+    # Entries in tag order, so each dataset is built sorted (no per-row sort and its tuples):
+    # (tag, column position, converter); the two result attributes have no column.
+    plan = sorted(
+        [(a.tag, n_keys + i, _converter(a.vr)) for i, a in enumerate(attrs)]
+        + [(INSTANCE_AVAILABILITY, -1, None), (RETRIEVE_URL, -1, None)],
+        key=lambda entry: entry[0],
+    )
     results: list[DicomJson] = []
     for row in rows:
-        dataset = {tag: convert(row[i]) for tag, i, convert in plan}
-        dataset[INSTANCE_AVAILABILITY] = {"vr": "CS", "Value": [_INSTANCE_AVAILABLE]}
-        # PS3.18 §10.6.3 Retrieve URL (0008,1190): the WADO-RS resource of the result.
-        uids = row[:n_keys]
-        path = "/".join(f"{seg}/{uid}" for seg, uid in zip(_SEGMENTS, uids, strict=False))
-        dataset[RETRIEVE_URL] = {"vr": "UR", "Value": [f"{base}/{path}"]}
+        dataset: DicomJson = {}
+        for tag, i, convert in plan:
+            if convert is not None:
+                dataset[tag] = convert(row[i])
+            elif tag == RETRIEVE_URL:
+                # PS3.18 §10.6.3 Retrieve URL (0008,1190): the WADO-RS resource of the result.
+                uids = row[:n_keys]
+                path = "/".join(f"{seg}/{uid}" for seg, uid in zip(_SEGMENTS, uids, strict=False))
+                dataset[tag] = {"vr": "UR", "Value": [f"{base}/{path}"]}
+            else:
+                dataset[tag] = {"vr": "CS", "Value": [_INSTANCE_AVAILABLE]}
         if rep_of:
             header = headers.get(rep_of.get(row[n_keys - 1], ""), {})
             extra: DicomJson = {}
@@ -392,6 +403,6 @@ def search(
                 elif tag in query.vrs:
                     extra[tag] = {"vr": query.vrs[tag]}  # asked for but absent: zero length
             extra.update(dataset)  # the index is authoritative for what it holds
-            dataset = extra
-        results.append(dict(sorted(dataset.items())))
+            dataset = dict(sorted(extra.items()))
+        results.append(dataset)
     return results
