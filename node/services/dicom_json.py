@@ -13,7 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_has_tag
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
@@ -34,15 +35,29 @@ BulkDataURI = Callable[[str], str]
 
 
 def to_dicom_json(
-    ds: Dataset, *, bulkdata_uri: BulkDataURI | None = None, threshold: int = 1024
+    ds: Dataset,
+    *,
+    bulkdata_uri: BulkDataURI | None = None,
+    threshold: int = 1024,
+    pixel_data_vr: str | None = None,
 ) -> dict[str, Any]:
     """The data set as DICOM JSON; binary values over `threshold` bytes become BulkDataURIs.
 
     `bulkdata_uri(path)` turns an element path into its URI. Without it every value is inline,
     exactly as pydicom writes it. Elements pydicom cannot convert are left out (and logged by
     tag only), as pydicom's `suppress_invalid_tags` does, so one bad value never fails a query.
+    `pixel_data_vr` is for a header read with `stop_before_pixels`: it adds the Pixel Data
+    BulkDataURI the full instance would have, with that VR.
     """
-    return _walk(ds, "", bulkdata_uri, threshold)
+    out = _walk(ds, "", bulkdata_uri, threshold)
+    if pixel_data_vr is not None and bulkdata_uri is not None and PIXEL_KEY not in out:
+        out[PIXEL_KEY] = {"vr": pixel_data_vr, "BulkDataURI": bulkdata_uri(PIXEL_KEY)}
+        # Keep tag order: only trailing padding (FFFC,FFFC) can follow Pixel Data.
+        out = dict(sorted(out.items()))
+    return out
+
+
+PIXEL_KEY = "7FE00010"
 
 
 def _walk(ds: Dataset, prefix: str, uri: BulkDataURI | None, threshold: int) -> dict[str, Any]:
@@ -50,11 +65,24 @@ def _walk(ds: Dataset, prefix: str, uri: BulkDataURI | None, threshold: int) -> 
     for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset yields elements)
         key = f"{int(tag):08X}"
         try:
-            elem = ds[tag]
-            out[key] = _element(elem, prefix + key, uri, threshold)
-        except DECODE_ERRORS_ALL as exc:
+            raw = ds.get_item(tag, keep_deferred=True)
+            if uri is not None and isinstance(raw, RawDataElement) and _raw_bulk(raw, threshold):
+                # Decided from the encoded length: a large or deferred value is never read.
+                out[key] = {"vr": str(raw.VR), "BulkDataURI": uri(prefix + key)}
+                continue
+            out[key] = _element(ds[tag], prefix + key, uri, threshold)
+        except (*DECODE_ERRORS_ALL, OSError) as exc:
             logger.warning("element %s left out of DICOM JSON: %s", key, type(exc).__name__)
     return out
+
+
+def _raw_bulk(raw: RawDataElement, threshold: int) -> bool:
+    """Whether a not-yet-parsed element is bulk data, judged without reading its value."""
+    if raw.VR is None or str(raw.VR) not in BULK_VRS or raw.length == 0:
+        return False  # implicit VR or text: parse it the usual way
+    if raw.VR == "UN" and dictionary_has_tag(raw.tag):
+        return False  # pydicom gives a public tag sent as UN its real VR on parsing
+    return raw.tag in PIXEL_DATA_TAGS or raw.length > threshold
 
 
 def _element(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
@@ -59,6 +62,29 @@ def test_metadata_equals_pydicom_json(name: str) -> None:
     assert ours["7FE00010"]["BulkDataURI"] == uri("7FE00010")
     assert assert_same_as_pydicom(ours, theirs, ds) >= 1
     json.dumps(ours)  # serialisable as it stands
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "chest-cr-philips-j2k.dcm", "MR_small_RLE.dcm"])
+def test_header_without_pixels_gives_the_same_metadata(name: str) -> None:
+    """A header read with stop_before_pixels plus pixel_data_vr equals the full instance's."""
+    full = to_dicom_json(read(name), bulkdata_uri=uri)
+    header = pydicom.dcmread(io.BytesIO(sample_bytes()[name]), stop_before_pixels=True)
+    vr = full["7FE00010"]["vr"]
+    before_pixels = {key: value for key, value in full.items() if key <= "7FE00010"}
+    # stop_before_pixels also drops what follows Pixel Data (trailing padding).
+    assert to_dicom_json(header, bulkdata_uri=uri, pixel_data_vr=vr) == before_pixels
+
+
+def test_large_values_of_a_deferred_read_are_not_loaded(tmp_path: Path) -> None:
+    """With defer_size, bulk values become URIs without reading them (file already closed)."""
+    path = tmp_path / "instance.dcm"
+    path.write_bytes(sample_bytes()["chest-cr-philips-j2k.dcm"])
+    with path.open("rb") as f:
+        ds = pydicom.dcmread(f, defer_size=1024)
+    path.unlink()  # any attempt to read a deferred value now fails
+    ours = to_dicom_json(ds, bulkdata_uri=uri)
+    assert ours["7FE00010"] == {"vr": "OB", "BulkDataURI": uri("7FE00010")}
+    assert ours["00100020"] == to_dicom_json(read("chest-cr-philips-j2k.dcm"))["00100020"]
 
 
 def test_invalid_element_is_left_out_not_fatal() -> None:
