@@ -8,7 +8,7 @@ no HTTP. Errors are the node's typed errors (406 NotAcceptable, 404 NotFound, 40
 from __future__ import annotations
 
 from node.services.dicom_json import bulkdata, parse_path, to_dicom_json
-from node.services.frames import frames, parse_frame_list
+from node.services.frames import all_frames, frames, parse_frame_list
 from node.services.render import (
     RenderingOptions,
     Viewport,
@@ -25,6 +25,7 @@ __all__ = [
     "Representation",
     "Viewport",
     "Window",
+    "all_frames",
     "bulkdata",
     "frames",
     "parse_frame_list",

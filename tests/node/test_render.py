@@ -75,6 +75,30 @@ def test_sigmoid_window_hand_values() -> None:
     assert out[96] == 30  # 255 / (1 + e^2) = 30.34
 
 
+def test_signed_ct_window_hand_values() -> None:
+    """Signed CT values -1024..1016, window 40/400: 40 HU → 128, 48 HU → 133, 216 HU → 240."""
+    ct = np.arange(-1024, 1024, 8, dtype=np.int16).reshape(16, 16)
+    ds = make_image(ct, signed=True, RescaleSlope=1, RescaleIntercept=0)
+    out = png_pixels(render(ds, media_type="image/png", window=(40, 400, "LINEAR"))).ravel()
+    values = ct.ravel()
+    assert out[values == 40][0] == 128  # ((40 - 39.5) / 399 + 0.5) * 255 = 127.8
+    assert out[values == 48][0] == 133
+    assert out[values == 216][0] == 240
+    assert out[values <= -160].max() == 0 and out[values >= 240].min() == 255
+
+
+def test_float_pixel_data_renders_min_to_max() -> None:
+    """Float Pixel Data renders through the same pipeline; min..max spans 0..255."""
+    values = np.linspace(-1.5, 2.5, 20, dtype=np.float32).reshape(4, 5)
+    ds = make_image(values.view(np.uint32))
+    del ds.PixelData
+    del ds.PixelRepresentation
+    ds.FloatPixelData = values.tobytes()
+    out = png_pixels(render(ds, media_type="image/png"))
+    assert out[0, 0] == 0 and out[-1, -1] == 255
+    assert np.all(np.diff(out.ravel().astype(int)) > 0)
+
+
 def test_image_window_is_used_without_a_query_window() -> None:
     """Window Center/Width stored in the image apply when the query names none."""
     out = ramp_png(attributes={"WindowCenter": [128, 40], "WindowWidth": [256, 10]})
