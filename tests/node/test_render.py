@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pydicom.pixels.processing import apply_color_lut
 
@@ -314,3 +316,21 @@ def test_parse_helpers() -> None:
     assert parse_window("1,2") == Window(1.0, 2.0, "LINEAR")
     assert parse_window("1.5,2.5,SIGMOID") == Window(1.5, 2.5, "SIGMOID")
     assert parse_viewport("3,4,1,2,5,6") == Viewport(3, 4, 1, 2, 5, 6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["window", "viewport", "quality", "annotation", "iccprofile"]),
+        st.text(st.sampled_from(list("0123456789,-.eEnaiflr x")), max_size=30),
+    )
+)
+def test_any_rendering_query_is_parsed_or_400(query: dict[str, str]) -> None:
+    try:
+        options = parse_rendering_query(query)
+    except InvalidRequestError:
+        return
+    if options.quality is not None:
+        assert 1 <= options.quality <= 100
+    if options.viewport is not None:
+        assert options.viewport.width > 0 and options.viewport.height > 0
