@@ -2,7 +2,8 @@
 
 Each job lives in its own module (transcode.py, frames.py, render.py with render_params.py,
 dicom_json.py); the routers import from here. All are pure functions over a pydicom Dataset:
-no I/O, no storage, no HTTP. Errors are the node's typed errors (406 NotAcceptable, 404 NotFound, 400 InvalidRequest).
+no I/O, no storage, no HTTP. Errors are the node's typed errors (406 NotAcceptable,
+404 NotFound, 400 InvalidRequest).
 """
 
 from __future__ import annotations

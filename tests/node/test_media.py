@@ -97,6 +97,9 @@ def test_instance_star_and_wildcards_send_what_is_stored() -> None:
     assert negotiate_instance("*/*", JPEG).transfer_syntax == JPEG
     single = negotiate_instance("application/dicom; transfer-syntax=*", IMPLICIT)
     assert single.multipart is False and single.transfer_syntax == IMPLICIT
+    # A wildcard gets the resource's usual framing: multipart/related.
+    assert negotiate_instance("*/*", IMPLICIT).multipart is True
+    assert negotiate_instance("multipart/*", IMPLICIT).multipart is True
 
 
 def test_instance_named_syntaxes_in_preference_order() -> None:
