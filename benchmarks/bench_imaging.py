@@ -90,9 +90,8 @@ def main() -> None:
         "DX 2048x2048 explicit (generated)": generated(2048, 2048, ExplicitVRLittleEndian, "DX"),
     }
     # A real header: ~100 attributes, many of them private (GE), as scanners write them.
-    samples["CT_small.dcm (pydicom, real header)"] = Path(
-        get_testdata_file("CT_small.dcm")
-    ).read_bytes()
+    ct_small = Path(str(get_testdata_file("CT_small.dcm")))
+    samples["CT_small.dcm (pydicom, real header)"] = ct_small.read_bytes()
     for path in sorted(SHARED.glob("*.dcm")):
         samples[path.name] = path.read_bytes()
     print(f"| {'sample':36} | {'KB':>6} | {'operation':28} | {'wall ms':>8} | {'CPU ms':>8} |")
