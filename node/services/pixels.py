@@ -7,6 +7,7 @@ reason: a stored instance whose pixels no installed decoder can read is not a se
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,10 +33,19 @@ DECODE_ERRORS = (RuntimeError, ValueError, AttributeError, KeyError, TypeError, 
 DECODE_ERRORS_ALL = (*DECODE_ERRORS, NotImplementedError)
 
 
+# A quoted value, closed or cut off at the end of the message (Python truncates long reprs).
+_QUOTED = re.compile(r"'[^']*(?:'|$)|\"[^\"]*(?:\"|$)")
+
+
 def short_reason(exc: BaseException) -> str:
-    """The first line of an exception message, for a 406 reason that stays readable."""
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    """The first line of an exception message, for a 406 reason that stays readable.
+
+    Quoted text is masked: pydicom quotes the offending value, which could be personal data.
+    """
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return _QUOTED.sub("'…'", lines[0])[:200]
 
 
 def transfer_syntax(ds: Dataset) -> UID:

@@ -208,6 +208,15 @@ def test_undecodable_samples_are_406(name: str) -> None:
     assert info.value.message
 
 
+def test_reasons_do_not_echo_attribute_values() -> None:
+    """A 406 reason never repeats a stored value (it could be personal data)."""
+    ds = read("badVR.dcm")
+    with pytest.raises(NotAcceptableError) as info:
+        transcode(ds, EXPLICIT)
+    assert "1A" not in info.value.message
+    assert "Image Pixel attributes are invalid" in info.value.message
+
+
 def test_encoder_limits_are_406() -> None:
     """A 16x16 CT is below the JPEG 2000 encoder's minimum size: 406 with the reason."""
     with pytest.raises(NotAcceptableError, match="cannot be encoded"):
