@@ -159,6 +159,8 @@ def test_octet_stream_with_any_syntax_sends_compressed_bytes() -> None:
     header = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
     chosen = negotiate_pixel_data(header, J2K)
     assert (chosen.media_type, chosen.transfer_syntax) == ("application/octet-stream", J2K)
+    named = header.replace("*", J2K)
+    assert negotiate_pixel_data(named, J2K).transfer_syntax == J2K
 
 
 def test_compressed_pixels_are_decoded_for_plain_octet_stream() -> None:

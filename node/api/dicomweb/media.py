@@ -239,7 +239,7 @@ def negotiate_pixel_data(accept: str | None, stored_ts: str) -> Representation:
             return Representation(compressed_media, stored_ts, media_range.wants_multipart)
         if not _matches(part, APPLICATION_OCTET_STREAM):
             continue
-        if wanted == ANY_TRANSFER_SYNTAX and compressed_media is not None:
+        if wanted in (ANY_TRANSFER_SYNTAX, stored_ts) and compressed_media is not None:
             return Representation(APPLICATION_OCTET_STREAM, stored_ts, media_range.wants_multipart)
         if wanted in (None, ANY_TRANSFER_SYNTAX, EXPLICIT_VR_LITTLE_ENDIAN) and _decodable(
             stored_ts
