@@ -102,6 +102,29 @@ def _element(elem: DataElement, path: str, uri: BulkDataURI | None, limit: int) 
     return elem.to_json_dict(None, 0)
 
 
+def bulkdata_paths(path: str) -> str:
+    """A `bulkdata_uri` that keeps the bare element path, for JSON cached before URIs are known."""
+    return path
+
+
+def rebase_bulkdata(doc: dict[str, Any], base: str) -> dict[str, Any]:
+    """A copy of DICOM JSON built with `bulkdata_paths`, each path prefixed with `base`.
+
+    Converting a header costs pydicom milliseconds per instance; the JSON of a stored instance
+    never changes, so it can be built once at store time with bare paths and given this
+    request's base URL (host, port and instance path) here, in a cheap walk.
+    """
+    out: dict[str, Any] = {}
+    for key, element in doc.items():
+        if "BulkDataURI" in element:
+            element = {**element, "BulkDataURI": base + element["BulkDataURI"]}
+        elif element.get("vr") == "SQ" and "Value" in element:
+            items = [rebase_bulkdata(item, base) for item in element["Value"]]
+            element = {**element, "Value": items}
+        out[key] = element
+    return out
+
+
 def parse_path(path: str) -> list[int]:
     """Split a bulk data path into alternating tags and item indexes, checking its shape."""
     parts = path.strip("/").split("/")

@@ -8,7 +8,13 @@ no I/O, no storage, no HTTP. Errors are the node's typed errors (406 NotAcceptab
 
 from __future__ import annotations
 
-from node.services.dicom_json import bulkdata, parse_path, to_dicom_json
+from node.services.dicom_json import (
+    bulkdata,
+    bulkdata_paths,
+    parse_path,
+    rebase_bulkdata,
+    to_dicom_json,
+)
 from node.services.frames import all_frames, frames, parse_frame_list
 from node.services.render import (
     RenderingOptions,
@@ -28,10 +34,12 @@ __all__ = [
     "Window",
     "all_frames",
     "bulkdata",
+    "bulkdata_paths",
     "frames",
     "parse_frame_list",
     "parse_path",
     "parse_rendering_query",
+    "rebase_bulkdata",
     "render",
     "thumbnail",
     "to_dicom_json",

@@ -14,7 +14,13 @@ import pytest
 from pydicom.dataset import Dataset
 
 from node.errors import InvalidRequestError, NotFoundError
-from node.services.dicom_json import bulkdata, parse_path, to_dicom_json
+from node.services.dicom_json import (
+    bulkdata,
+    bulkdata_paths,
+    parse_path,
+    rebase_bulkdata,
+    to_dicom_json,
+)
 from tests.node.test_imaging_samples import make_image, read, sample_bytes
 
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
@@ -168,6 +174,17 @@ def test_missing_or_non_bulk_paths_are_404(path: str) -> None:
     """Absent attributes, items past the end, non-sequences and text values are not found."""
     with pytest.raises(NotFoundError):
         bulkdata(nested_lut_dataset(), path)
+
+
+def test_json_cached_with_paths_rebases_to_request_uris() -> None:
+    """JSON built once with bare paths equals the per-request JSON after rebasing."""
+    ds = nested_lut_dataset()
+    cached = to_dicom_json(ds, bulkdata_uri=bulkdata_paths)
+    assert cached["7FE00010"]["BulkDataURI"] == "7FE00010"
+    rebased = rebase_bulkdata(cached, "https://node.test/bulk/")
+    assert rebased == to_dicom_json(ds, bulkdata_uri=uri)
+    assert cached["7FE00010"]["BulkDataURI"] == "7FE00010"  # the cached copy is untouched
+    assert json.loads(json.dumps(cached)) == cached
 
 
 def test_parse_path() -> None:
