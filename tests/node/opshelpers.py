@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -56,14 +57,14 @@ def wado_instance(
     )
 
 
-def referenced_sops(body: dict[str, object]) -> list[str]:
+def referenced_sops(body: dict[str, Any]) -> list[str]:
     """SOP Instance UIDs in a STOW-RS response's ReferencedSOPSequence (0008,1199)."""
     seq = body.get("00081199", {})
     items = seq.get("Value", []) if isinstance(seq, dict) else []
     return [item["00081155"]["Value"][0] for item in items]
 
 
-def failed_sops(body: dict[str, object]) -> list[dict[str, object]]:
+def failed_sops(body: dict[str, Any]) -> list[dict[str, Any]]:
     """Items of a STOW-RS response's FailedSOPSequence (0008,1198)."""
     seq = body.get("00081198", {})
     return list(seq.get("Value", [])) if isinstance(seq, dict) else []
