@@ -176,11 +176,12 @@ def demo(
     ),
     data_dir: Annotated[Path, typer.Option(help="demo data directory")] = Path("demo-data"),
     port: int = 8080,
+    once: Annotated[bool, typer.Option(help="load, print the URLs, then stop")] = False,
 ) -> None:
     """Start a node on loopback with sample studies loaded and print URLs to try."""
     from node.demo import run_demo
 
-    run_demo(shared, data_dir, port)
+    run_demo(shared, data_dir, port, once=once)
 
 
 def main() -> None:

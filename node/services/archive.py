@@ -36,6 +36,7 @@ class Archive:
     def open(cls, settings: NodeSettings, *, exclusive: bool = True) -> Archive:
         """Initialise or open the data directory, check the KEK, clean crash leftovers."""
         data_dir = settings.data_dir
+        os.umask(0o077)  # everything the node writes (index, keys, blobs) is private to it
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         lock = _lock(data_dir) if exclusive else None
         engine = open_index(settings.index_url)

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
 
 from node.services import retrieve
 from node.services.archive import Archive
+from node.services.dicom_json import to_dicom_json
+from node.storage import records
 from node.storage.records import InstanceRow
 
-BULK_THRESHOLD = 1024
+
+def _pixel_vr(ds: Dataset, row: InstanceRow) -> str:
+    """PS3.5 §8.2: encapsulated or 8-bit pixel data is OB, wider native data OW."""
+    native = row.transfer_syntax_uid in (
+        "1.2.840.10008.1.2",
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2.1.99",
+        "1.2.840.10008.1.2.2",
+    )
+    return "OW" if native and int(ds.get("BitsAllocated") or 8) > 8 else "OB"
 
 
-def instance_metadata(archive: Archive, rows: list[InstanceRow], root: str) -> list[dict[str, Any]]:
-    """One DICOM JSON dataset per instance, in the order of `rows`."""
+def instance_metadata(
+    archive: Archive, rows: list[InstanceRow], root: str
+) -> dict[str, dict[str, Any]]:
+    """DICOM JSON per SOP Instance UID, in the order of `rows`."""
     headers = retrieve.load_headers(archive, rows)
-    out = []
+    out: dict[str, dict[str, Any]] = {}
     for row in rows:
         ds = headers.get(row.sop_instance_uid)
         if ds is None:
@@ -26,29 +40,23 @@ def instance_metadata(archive: Archive, rows: list[InstanceRow], root: str) -> l
             f"/instances/{row.sop_instance_uid}/bulkdata/"
         )
 
-        def bulk(element: DataElement, base: str = base) -> str:
-            return f"{base}{element.tag:08X}"
+        def uri(path: str, base: str = base) -> str:
+            return base + path
 
-        doc = ds.to_json_dict(
-            bulk_data_threshold=BULK_THRESHOLD,
-            bulk_data_element_handler=bulk,
-            suppress_invalid_tags=True,
-        )
+        doc = to_dicom_json(ds, bulkdata_uri=uri)
         if row.number_of_frames is not None or "00280010" in doc:
-            doc["7FE00010"] = {"vr": "OB", "BulkDataURI": f"{base}7FE00010"}
-        out.append(doc)
+            # The sealed header stops before Pixel Data; name it as a bulk data reference.
+            doc["7FE00010"] = {"vr": _pixel_vr(ds, row), "BulkDataURI": f"{base}7FE00010"}
+        out[row.sop_instance_uid] = doc
     return out
 
 
-def metadata_loader(archive: Archive, root: str) -> Any:
+def metadata_loader(archive: Archive, root: str) -> Callable[[list[str]], dict[str, Any]]:
     """A `load_metadata(sop_uids) -> {sop_uid: DICOM JSON}` callable for QIDO includefield."""
 
-    def load(sop_uids: list[str]) -> dict[str, dict[str, Any]]:
-        from node.storage import records
-
+    def load(sop_uids: list[str]) -> dict[str, Any]:
         with archive.engine.connect() as conn:
             rows = [r for u in sop_uids if (r := records.find_instance(conn, u)) is not None]
-        docs = instance_metadata(archive, rows, root)
-        return {row.sop_instance_uid: doc for row, doc in zip(rows, docs, strict=False)}
+        return instance_metadata(archive, rows, root)
 
     return load

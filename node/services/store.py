@@ -174,6 +174,7 @@ class InstanceIngest:
         self._header_bytes = b""
         self._dek = b""
         self._failure: StoreFailure | None = None
+        self._head: bytearray | None = bytearray()
 
     @property
     def failed(self) -> bool:
@@ -184,6 +185,12 @@ class InstanceIngest:
         """Consume the next bytes of the instance."""
         if self._failure is not None:
             return
+        if self._head is not None:
+            # Decide on the first 132 bytes whether a preamble must be supplied.
+            self._head += data
+            if len(self._head) < 132:
+                return
+            data, self._head = _with_preamble(bytes(self._head)), None
         try:
             self._scanner.feed(data)
         except Part10Error as exc:
@@ -208,6 +215,9 @@ class InstanceIngest:
 
     def finish(self) -> StoredInstance:
         """The stream ended: validate, make durable, index. Raises StoreFailure."""
+        if self._head is not None:
+            head, self._head = bytes(self._head), None
+            self.feed(_with_preamble(head))
         if self._failure is not None:
             raise self._failure
         try:
@@ -291,16 +301,10 @@ class InstanceIngest:
         for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
             if not _valid_uid(str(ds.get(k))):
                 raise StoreFailure(REASON_MALFORMED, f"{k} is not a valid UID")
-        meta_sop = ds.file_meta.get("MediaStorageSOPInstanceUID")
-        if meta_sop and str(meta_sop) != str(ds.SOPInstanceUID):
-            raise StoreFailure(
-                REASON_MALFORMED,
-                "MediaStorageSOPInstanceUID (0002,0003) differs from SOPInstanceUID (0008,0018)",
-            )
         if self._expected_study and ds.StudyInstanceUID != self._expected_study:
             raise StoreFailure(
                 REASON_STUDY_MISMATCH,
-                "StudyInstanceUID of the instance does not match the study in the request URL",
+                "StudyInstanceUID differs from the study in the request URL",
             )
 
     def _commit(self) -> StoredInstance:
@@ -319,9 +323,7 @@ class InstanceIngest:
         if existing is not None:
             return self._duplicate(existing, sha, result)
         if owner is not None and owner != study["study_uid"]:
-            raise StoreFailure(
-                REASON_STUDY_MISMATCH, "SeriesInstanceUID already belongs to another study"
-            )
+            raise StoreFailure(REASON_STUDY_MISMATCH, "SeriesInstanceUID belongs to another study")
         blob_name = self._blob.commit()
         instance.update(
             size_bytes=self._size,
@@ -360,8 +362,17 @@ class InstanceIngest:
             )
         raise StoreFailure(
             REASON_DUPLICATE,
-            "an instance with this SOP Instance UID is already stored with different content",
+            "SOP Instance UID already stored with different content",
         )
+
+
+def _with_preamble(head: bytes) -> bytes:
+    """Supply the PS3.10 preamble and prefix when a writer sent the File Meta Information
+    without them (common: pydicom's dcmwrite of a dataset that was never read from a file),
+    so that what is stored and served is always a Part-10 file."""
+    if head[128:132] != b"DICM" and head[:2] == b"\x02\x00" and head[2:4] < b"\x20\x00":
+        return b"\x00" * 128 + b"DICM" + head
+    return head
 
 
 def store_bytes(

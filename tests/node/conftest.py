@@ -150,6 +150,9 @@ def node(database_url: str, tmp_path: Path) -> Iterator[RunningNode]:
     running = start_node(tmp_path / "node", database_url)
     yield running
     running.stop()
+    # After every test: no plaintext DICOM anywhere in the data directory.
+    hits = plaintext_findings(running.data_dir, [b"DICM"])
+    assert not hits, "plaintext found on disk: " + "; ".join(hits)
 
 
 def plaintext_findings(data_dir: Path, needles: list[bytes]) -> list[str]:

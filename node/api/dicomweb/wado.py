@@ -1,44 +1,46 @@
-"""WADO-RS (PS3.18 §10.4): retrieve studies, series and instances, and their metadata."""
+"""WADO-RS (PS3.18 §10.4): instances, metadata, frames, bulk data, rendered and thumbnails.
+
+The router negotiates representations (`node.api.dicomweb.media`) and frames the response;
+decoding and rendering are the image services' (`node.services.imaging`). Instances sent as
+stored stream straight from the sealed blob with a known Content-Length; everything that
+needs pixels decodes one instance at a time in a worker thread.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.dataset import Dataset
 
 from node.api.deps import ArchiveDep
-from node.api.dicomweb.multipart import new_boundary, parse_media_type
-from node.errors import NotAcceptableError
-from node.services import retrieve
+from node.api.dicomweb import media
+from node.api.dicomweb.multipart import new_boundary
+from node.errors import NotFoundError
+from node.services import imaging, retrieve
 from node.services.archive import Archive
+from node.services.metadata import instance_metadata
+from node.services.syntaxes import Representation
 from node.storage.records import InstanceRow
 
 router = APIRouter(tags=["WADO-RS"])
 
-ORIGINAL = "*"
+INSTANCE = "/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
 
 
-def negotiate_dicom(accept: str | None) -> str:
-    """The transfer syntax to send, from Accept (PS3.18 §8.7.3.5): '*' means as stored.
+def _root(archive: Archive) -> str:
+    return archive.settings.base_url + "/dicom-web"
 
-    No transfer-syntax parameter means Explicit VR Little Endian (PS3.18 since 2016c).
-    """
-    if not accept:
-        return ExplicitVRLittleEndian
-    for item in accept.split(","):
-        media, params = parse_media_type(item)
-        if media in ("*/*", "multipart/*", "multipart/related"):
-            part = params.get("type", "application/dicom").lower()
-            if media == "*/*" or part == "application/dicom":
-                return params.get("transfer-syntax", ExplicitVRLittleEndian)
-    raise NotAcceptableError(
-        'instances are available as multipart/related; type="application/dicom"'
-    )
+
+# -- instances -----------------------------------------------------------------------------------
+
+
+def _part_head(boundary: str, content_type: str) -> bytes:
+    return f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
 
 
 async def _retrieve(
@@ -48,56 +50,45 @@ async def _retrieve(
     series_uid: str | None = None,
     sop_uid: str | None = None,
 ) -> Response:
-    wanted = negotiate_dicom(request.headers.get("accept"))
+    accept = request.headers.get("accept")
     rows = await to_thread.run_sync(retrieve.resolve, archive, study_uid, series_uid, sop_uid)
+    plans = [media.negotiate_instance(accept, row.transfer_syntax_uid) for row in rows]
     boundary = new_boundary()
-    plans = [_plan(row, wanted) for row in rows]
     headers = {}
-    if all(p[1] for p in plans):  # every part as stored: the length is known up front
-        total = (
-            sum(
-                len(_part_head(boundary, ts)) + row.size_bytes + 2
-                for row, ts in zip(rows, (p[0] for p in plans), strict=True)
-            )
-            + len(boundary)
-            + 6
+    if all(
+        p.transfer_syntax == row.transfer_syntax_uid for p, row in zip(plans, rows, strict=True)
+    ):
+        # Every part is sent exactly as stored: the length is known before the first byte.
+        total = sum(
+            len(_part_head(boundary, p.content_type)) + row.size_bytes + 2
+            for p, row in zip(plans, rows, strict=True)
         )
-        headers["Content-Length"] = str(total)
-    media = f'multipart/related; type="application/dicom"; boundary={boundary}'
+        headers["Content-Length"] = str(total + len(boundary) + 6)
+    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
     return StreamingResponse(
-        _stream(archive, rows, plans, boundary), media_type=media, headers=headers
+        _stream_instances(archive, rows, plans, boundary),
+        media_type=content_type,
+        headers=headers,
     )
 
 
-def _plan(row: InstanceRow, wanted: str) -> tuple[str, bool]:
-    """(transfer syntax of the part, whether it is sent exactly as stored)."""
-    if wanted in (ORIGINAL, row.transfer_syntax_uid):
-        return row.transfer_syntax_uid, True
-    return wanted, False
-
-
-def _part_head(boundary: str, ts: str) -> bytes:
-    return f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={ts}\r\n\r\n".encode()
-
-
-async def _stream(
-    archive: Archive, rows: list[InstanceRow], plans: list[tuple[str, bool]], boundary: str
+async def _stream_instances(
+    archive: Archive, rows: list[InstanceRow], plans: list[Representation], boundary: str
 ) -> AsyncIterator[bytes]:
-    for row, (ts, as_stored) in zip(rows, plans, strict=True):
-        yield _part_head(boundary, ts)
-        if as_stored:
+    for row, plan in zip(rows, plans, strict=True):
+        yield _part_head(boundary, plan.content_type)
+        if plan.transfer_syntax == row.transfer_syntax_uid:
             for chunk in retrieve.iter_instance(archive, row):
                 yield chunk
         else:
-            yield await to_thread.run_sync(_transcoded, archive, row, ts)
+            yield await to_thread.run_sync(_transcoded, archive, row, plan.transfer_syntax)
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode()
 
 
-def _transcoded(archive: Archive, row: InstanceRow, ts: str) -> bytes:
-    from node.services.imaging import transcode
-
-    return transcode(retrieve.load_dataset(archive, row), ts)
+def _transcoded(archive: Archive, row: InstanceRow, ts: str | None) -> bytes:
+    assert ts is not None
+    return imaging.transcode(retrieve.load_dataset(archive, row), ts)
 
 
 @router.get("/studies/{study_uid}")
@@ -114,7 +105,7 @@ async def retrieve_series(
     return await _retrieve(request, archive, study_uid, series_uid)
 
 
-@router.get("/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}")
+@router.get(INSTANCE)
 async def retrieve_instance(
     study_uid: str, series_uid: str, sop_uid: str, request: Request, archive: ArchiveDep
 ) -> Response:
@@ -125,41 +116,27 @@ async def retrieve_instance(
 # -- metadata (PS3.18 §10.4.1.1.2) ---------------------------------------------------------------
 
 
-def _metadata(
-    archive: Archive, study_uid: str, series_uid: str | None, sop_uid: str | None
-) -> list[dict[str, Any]]:
-    from node.services.metadata import instance_metadata
-
-    rows = retrieve.resolve(archive, study_uid, series_uid, sop_uid)
-    return instance_metadata(archive, rows, archive.settings.base_url + "/dicom-web")
-
-
-def _check_json_accept(accept: str | None) -> None:
-    if not accept:
-        return
-    for item in accept.split(","):
-        media, _ = parse_media_type(item)
-        if media in ("application/dicom+json", "application/json", "*/*", "application/*"):
-            return
-    raise NotAcceptableError("metadata is available as application/dicom+json")
-
-
-async def _metadata_response(
+async def _metadata(
     request: Request,
     archive: Archive,
     study_uid: str,
     series_uid: str | None = None,
     sop_uid: str | None = None,
 ) -> Response:
-    _check_json_accept(request.headers.get("accept"))
-    body = await to_thread.run_sync(_metadata, archive, study_uid, series_uid, sop_uid)
-    return Response(json.dumps(body, separators=(",", ":")), media_type="application/dicom+json")
+    media_type = media.negotiate_metadata(request.headers.get("accept"))
+
+    def load() -> list[dict[str, Any]]:
+        rows = retrieve.resolve(archive, study_uid, series_uid, sop_uid)
+        return list(instance_metadata(archive, rows, _root(archive)).values())
+
+    body = await to_thread.run_sync(load)
+    return Response(json.dumps(body, separators=(",", ":")), media_type=media_type)
 
 
 @router.get("/studies/{study_uid}/metadata")
 async def study_metadata(study_uid: str, request: Request, archive: ArchiveDep) -> Response:
     """DICOM JSON headers of every instance of a study."""
-    return await _metadata_response(request, archive, study_uid)
+    return await _metadata(request, archive, study_uid)
 
 
 @router.get("/studies/{study_uid}/series/{series_uid}/metadata")
@@ -167,12 +144,178 @@ async def series_metadata(
     study_uid: str, series_uid: str, request: Request, archive: ArchiveDep
 ) -> Response:
     """DICOM JSON headers of every instance of a series."""
-    return await _metadata_response(request, archive, study_uid, series_uid)
+    return await _metadata(request, archive, study_uid, series_uid)
 
 
-@router.get("/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/metadata")
-async def instance_metadata(
+@router.get(INSTANCE + "/metadata")
+async def instance_metadata_route(
     study_uid: str, series_uid: str, sop_uid: str, request: Request, archive: ArchiveDep
 ) -> Response:
     """DICOM JSON header of one instance."""
-    return await _metadata_response(request, archive, study_uid, series_uid, sop_uid)
+    return await _metadata(request, archive, study_uid, series_uid, sop_uid)
+
+
+# -- frames and bulk data (PS3.18 §10.4.1.1.3-4) --------------------------------------------------
+
+
+def _one(archive: Archive, study_uid: str, series_uid: str, sop_uid: str) -> InstanceRow:
+    return retrieve.resolve(archive, study_uid, series_uid, sop_uid)[0]
+
+
+def _payload_response(payloads: list[tuple[bytes, str]], plan: Representation) -> Response:
+    if not plan.multipart and len(payloads) == 1:
+        data, content_type = payloads[0]
+        return Response(data, media_type=content_type)
+    boundary = new_boundary()
+    body = b"".join(_part_head(boundary, ct) + data + b"\r\n" for data, ct in payloads)
+    body += f"--{boundary}--\r\n".encode()
+    return Response(
+        body,
+        media_type=f'multipart/related; type="{plan.media_type}"; boundary={boundary}',
+    )
+
+
+async def _with_dataset(archive: Archive, row: InstanceRow, work: Callable[[Dataset], Any]) -> Any:
+    def run() -> Any:
+        return work(retrieve.load_dataset(archive, row))
+
+    return await to_thread.run_sync(run)
+
+
+@router.get(INSTANCE + "/frames/{frame_list}")
+async def retrieve_frames(
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    frame_list: str,
+    request: Request,
+    archive: ArchiveDep,
+) -> Response:
+    """Pixel data of the listed frames (1-based)."""
+    numbers = imaging.parse_frame_list(frame_list)
+    row = await to_thread.run_sync(_one, archive, study_uid, series_uid, sop_uid)
+    plan = media.negotiate_pixel_data(request.headers.get("accept"), row.transfer_syntax_uid)
+    payloads = await _with_dataset(archive, row, lambda ds: imaging.frames(ds, numbers, plan))
+    return _payload_response(payloads, plan)
+
+
+@router.get(INSTANCE + "/bulkdata/{path:path}")
+async def retrieve_bulkdata(
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    path: str,
+    request: Request,
+    archive: ArchiveDep,
+) -> Response:
+    """The value a BulkDataURI names (Pixel Data: all frames, as frames are sent)."""
+    row = await to_thread.run_sync(_one, archive, study_uid, series_uid, sop_uid)
+    accept = request.headers.get("accept")
+    if path.strip("/").upper() in ("7FE00010", "7FE00008", "7FE00009"):
+        plan = media.negotiate_pixel_data(accept, row.transfer_syntax_uid)
+
+        def all_frames(ds: Dataset) -> list[tuple[bytes, str]]:
+            count = int(ds.get("NumberOfFrames") or 1)
+            return imaging.frames(ds, list(range(1, count + 1)), plan)
+
+        return _payload_response(await _with_dataset(archive, row, all_frames), plan)
+    plan = media.negotiate_bulkdata(accept)
+    value = await _with_dataset(archive, row, lambda ds: imaging.bulkdata(ds, path))
+    return _payload_response([(value, plan.content_type)], plan)
+
+
+# -- rendered and thumbnails (PS3.18 §10.4.1.1.5, §10.4.1.1.6) ----------------------------------
+
+
+async def _rendered(
+    request: Request,
+    archive: Archive,
+    row: InstanceRow,
+    frame: int,
+    thumbnail: bool = False,
+) -> Response:
+    media_type = media.negotiate_rendered(request.headers.get("accept"))
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != "accept"]
+    if thumbnail:
+        # PS3.18 §8.3.5.1.5: a thumbnail takes a viewport only.
+        viewport = dict(params).get("viewport")
+        opts = imaging.parse_rendering_query([("viewport", viewport)] if viewport else [])
+        size = (opts.viewport.width, opts.viewport.height) if opts.viewport else (128, 128)
+        data = await _with_dataset(
+            archive, row, lambda ds: imaging.thumbnail(ds, size, media_type=media_type)
+        )
+    else:
+        opts = imaging.parse_rendering_query(params)
+        data = await _with_dataset(
+            archive,
+            row,
+            lambda ds: imaging.render(
+                ds,
+                frame=frame,
+                media_type=media_type,
+                window=opts.window,
+                viewport=opts.viewport,
+                quality=opts.quality,
+            ),
+        )
+    return Response(data, media_type=media_type)
+
+
+def _representative(archive: Archive, study_uid: str, series_uid: str | None = None) -> InstanceRow:
+    """The instance that stands for a study or series in a thumbnail: the first with pixels."""
+    rows = retrieve.resolve(archive, study_uid, series_uid)
+    for row in rows:
+        if row.number_of_frames is not None or row.sop_class_uid.startswith(
+            "1.2.840.10008.5.1.4.1.1."
+        ):
+            return row
+    raise NotFoundError("no image to render in this study")
+
+
+@router.get(INSTANCE + "/rendered")
+async def rendered_instance(
+    study_uid: str, series_uid: str, sop_uid: str, request: Request, archive: ArchiveDep
+) -> Response:
+    """The instance's first frame as JPEG or PNG."""
+    row = await to_thread.run_sync(_one, archive, study_uid, series_uid, sop_uid)
+    return await _rendered(request, archive, row, 1)
+
+
+@router.get(INSTANCE + "/frames/{frame_list}/rendered")
+async def rendered_frame(
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    frame_list: str,
+    request: Request,
+    archive: ArchiveDep,
+) -> Response:
+    """One frame as JPEG or PNG."""
+    numbers = imaging.parse_frame_list(frame_list)
+    row = await to_thread.run_sync(_one, archive, study_uid, series_uid, sop_uid)
+    return await _rendered(request, archive, row, numbers[0])
+
+
+@router.get(INSTANCE + "/thumbnail")
+async def instance_thumbnail(
+    study_uid: str, series_uid: str, sop_uid: str, request: Request, archive: ArchiveDep
+) -> Response:
+    """A small rendering of the instance."""
+    row = await to_thread.run_sync(_one, archive, study_uid, series_uid, sop_uid)
+    return await _rendered(request, archive, row, 1, thumbnail=True)
+
+
+@router.get("/studies/{study_uid}/series/{series_uid}/thumbnail")
+async def series_thumbnail(
+    study_uid: str, series_uid: str, request: Request, archive: ArchiveDep
+) -> Response:
+    """A small rendering of the series' representative instance."""
+    row = await to_thread.run_sync(_representative, archive, study_uid, series_uid)
+    return await _rendered(request, archive, row, 1, thumbnail=True)
+
+
+@router.get("/studies/{study_uid}/thumbnail")
+async def study_thumbnail(study_uid: str, request: Request, archive: ArchiveDep) -> Response:
+    """A small rendering of the study's representative instance."""
+    row = await to_thread.run_sync(_representative, archive, study_uid)
+    return await _rendered(request, archive, row, 1, thumbnail=True)

@@ -1,0 +1,136 @@
+"""`pacsmesh demo`: one node on loopback with real and generated studies, and URLs to try."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import typer
+import uvicorn
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+from node.app import create_app
+from node.services.archive import Archive
+from node.settings import NodeSettings
+
+BOUNDARY = "pacsmesh-demo-boundary"
+
+
+def generated_studies(count: int = 3, per_series: int = 4) -> list[bytes]:
+    """Small synthetic CT studies with obviously fake patients."""
+    rng = np.random.default_rng(2024)
+    out = []
+    for s in range(count):
+        # Deterministic UIDs: running the demo twice re-sends identical instances (accepted,
+        # not duplicated) instead of piling up new studies.
+        study = generate_uid(entropy_srcs=["pacsmesh-demo-study", str(s)])
+        series = generate_uid(entropy_srcs=["pacsmesh-demo-series", str(s)])
+        for i in range(per_series):
+            ds = Dataset()
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.2")
+            meta.MediaStorageSOPInstanceUID = generate_uid(
+                entropy_srcs=["pacsmesh-demo-instance", str(s), str(i)]
+            )
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.file_meta = meta
+            ds.SOPClassUID, ds.SOPInstanceUID = (
+                meta.MediaStorageSOPClassUID,
+                meta.MediaStorageSOPInstanceUID,
+            )
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+            ds.PatientID, ds.PatientName = f"DEMO-{s + 1:03d}", f"Demo^Patient{s + 1}"
+            ds.StudyDate, ds.StudyTime = f"2024{s + 1:02d}15", "093000"
+            ds.AccessionNumber, ds.Modality = f"DEMOACC{s + 1}", "CT"
+            ds.StudyDescription = "Synthetic demo CT"
+            ds.SeriesNumber, ds.InstanceNumber = 1, i + 1
+            ds.Rows = ds.Columns = 128
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+            ds.PixelRepresentation, ds.SamplesPerPixel = 0, 1
+            ds.PhotometricInterpretation = "MONOCHROME2"
+            yy, xx = np.mgrid[:128, :128]
+            disc = ((yy - 64) ** 2 + (xx - 64) ** 2 < (30 + 5 * i) ** 2) * 1500
+            noise = rng.integers(0, 200, (128, 128))
+            ds.PixelData = (disc + noise).astype(np.uint16).tobytes()
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            out.append(buf.getvalue())
+    return out
+
+
+def _stow(root: str, files: list[bytes]) -> httpx.Response:
+    body = (
+        b"".join(
+            f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + f + b"\r\n"
+            for f in files
+        )
+        + f"--{BOUNDARY}--\r\n".encode()
+    )
+    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'}
+    return httpx.post(f"{root}/studies", content=body, headers=headers, timeout=300)
+
+
+def _load(root: str, shared: Path) -> list[str]:
+    """Load the samples through STOW-RS, like any modality or archive would."""
+    files = [p.read_bytes() for p in sorted((shared / "data").glob("*.dcm"))]
+    files += generated_studies()
+    r = _stow(root, files)
+    if r.status_code not in (200, 202):
+        raise RuntimeError(f"demo load failed: {r.status_code} {r.text[:200]}")
+    studies = httpx.get(f"{root}/studies", headers={"Accept": "application/dicom+json"}, timeout=30)
+    uids = []
+    if studies.status_code == 200:
+        uids = [s["0020000D"]["Value"][0] for s in studies.json()]
+    return uids
+
+
+def run_demo(shared: Path, data_dir: Path, port: int, once: bool = False) -> None:
+    """Serve a node and load the demo data; with `once`, load, check and stop."""
+    settings = NodeSettings(data_dir=data_dir, port=port)
+    archive = Archive.open(settings)
+    app = create_app(settings, archive)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=port, log_level="warning", access_log=False)
+    )
+    root = f"{settings.base_url}/dicom-web"
+    failure: list[BaseException] = []
+
+    def loader() -> None:
+        try:
+            while not server.started:
+                time.sleep(0.05)
+            uids = _load(root, shared)
+            typer.echo(f"\npacsmesh demo node is up: {len(uids)} studies loaded\n")
+            typer.echo(
+                f"  studies (QIDO-RS):   curl -H 'Accept: application/dicom+json' {root}/studies"
+            )
+            if uids:
+                typer.echo(f"  one study metadata:  curl {root}/studies/{uids[0]}/metadata")
+                typer.echo(
+                    f"  retrieve (WADO-RS):  curl -H 'Accept: multipart/related; "
+                    f'type="application/dicom"; transfer-syntax=*\' {root}/studies/{uids[0]}'
+                )
+            typer.echo(f"  API docs:            {settings.base_url}/docs")
+            typer.echo(f"  data directory:      {data_dir.resolve()} (encrypted)\n")
+            if not once:
+                typer.echo("Ctrl-C stops the node.")
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            if once or failure:
+                server.should_exit = True
+
+    thread = threading.Thread(target=loader, daemon=True)
+    thread.start()
+    try:
+        server.run()
+    finally:
+        thread.join(timeout=5)
+        archive.close()
+    if failure:
+        raise failure[0]
