@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +44,21 @@ REASON_TRUNCATED = 0xC001
 REASON_MALFORMED = 0xC002
 
 HEADER_INLINE_LIMIT = 1 << 20
+# What pydicom raises on hostile headers: a truncated deflate stream surfaces as zlib.error,
+# damaged lengths as struct.error/IndexError/OverflowError (found by tests/node/test_fuzz.py).
+_PARSE_ERRORS = (
+    InvalidDicomError,
+    EOFError,
+    ValueError,
+    KeyError,
+    TypeError,
+    OSError,
+    zlib.error,
+    struct.error,
+    IndexError,
+    OverflowError,
+    NotImplementedError,  # an unknown VR
+)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -249,7 +266,12 @@ class InstanceIngest:
             ds = pydicom.dcmread(io.BytesIO(header_bytes), stop_before_pixels=True)
             if self._scanner.deflated and complete:
                 ds = pydicom.dcmread(io.BytesIO(bytes(self._prefix)))  # validates the inflate
-        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+            # pydicom decodes values lazily: decode every top-level element now, so that one it
+            # cannot decode (an unknown VR) refuses the instance here instead of failing later
+            # in the index code as a 500.
+            for _element in ds:
+                pass
+        except _PARSE_ERRORS as exc:
             self._fail(StoreFailure(REASON_MALFORMED, f"DICOM header cannot be parsed: {exc}"))
             return
         self._header = ds

@@ -1,0 +1,160 @@
+"""`pacsmesh node import --from URL` against a real Orthanc (the hospital's existing PACS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+from dicomweb_client import DICOMwebClient
+from pydicom.data import get_testdata_files
+
+from tests.conftest import REPO_ROOT, SHARED_DATA
+from tests.node.conftest import free_port, start_node
+from tests.node.opshelpers import orthanc_start, orthanc_stop, split_multipart, wado_instance
+
+pytestmark = pytest.mark.integration
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def sample_files() -> list[Path]:
+    """The real files, plus pydicom's test files that a PACS would accept (one per SOP UID)."""
+    files = sorted(SHARED_DATA.glob("*.dcm"))
+    seen: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        candidates = [*files, *sorted(Path(p) for p in get_testdata_files("*.dcm"))]
+        chosen = []
+        for path in candidates:
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:
+                continue
+            keys = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+            uids = [str(ds.get(k, "")) for k in keys]
+            if not all(_UID.match(u) and len(u) <= 64 for u in uids):
+                continue
+            if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}) or uids[1] in seen:
+                continue
+            seen.add(uids[1])
+            chosen.append(path)
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Orthanc on loopback, loaded by STOW-RS (dicomweb-client) with the sample files."""
+    directory = tmp_path_factory.mktemp("orthanc")
+    port = free_port()
+    orthanc_start(directory, port, free_port())
+    root = f"http://127.0.0.1:{port}/dicom-web"
+    try:
+        client = DICOMwebClient(root)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for path in sample_files():
+                try:
+                    client.store_instances([pydicom.dcmread(path)])
+                except (TypeError, ValueError):
+                    continue  # a few odd samples cannot be re-encoded by the client itself
+        yield root
+    finally:
+        orthanc_stop(directory)
+
+
+def orthanc_files(root: str) -> dict[str, bytes]:
+    """Every instance Orthanc holds, exactly as stored (its native REST API)."""
+    base = root.removesuffix("/dicom-web")
+    out = {}
+    with httpx.Client(timeout=60) as client:
+        for orthanc_id in client.get(f"{base}/instances").json():
+            raw = client.get(f"{base}/instances/{orthanc_id}/file").content
+            out[str(_header(raw).SOPInstanceUID)] = raw
+    return out
+
+
+def run_import(source: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`pacsmesh node import` as an operator runs it."""
+    cmd = [sys.executable, "-m", "node.cli", "node", "import", "--from", source]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(
+        [*cmd, "--data-dir", str(data_dir)], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+def _header(raw: bytes) -> pydicom.Dataset:
+    return pydicom.dcmread(pydicom.filebase.DicomBytesIO(raw), stop_before_pixels=True)
+
+
+def test_import_copies_every_instance_byte_identical(
+    orthanc: str, tmp_path: Path, assert_no_plaintext: list[tuple[Path, list[bytes]]]
+) -> None:
+    source = orthanc_files(orthanc)
+    assert len(source) >= 30, "Orthanc should hold the real files and pydicom's samples"
+    # Two of pydicom's samples name a different SOP Instance UID in their File Meta Information;
+    # the node refuses such files (store policy), so the import must report them, with a reason,
+    # and still copy everything else.
+    refused = {
+        sop
+        for sop, raw in source.items()
+        if (meta := _header(raw).file_meta.get("MediaStorageSOPInstanceUID")) and meta != sop
+    }
+    assert len(refused) == 2
+    accepted = {sop: raw for sop, raw in source.items() if sop not in refused}
+    data_dir = tmp_path / "node"
+
+    first = run_import(orthanc, data_dir)
+    assert first.returncode == 1, first.stderr
+    report = json.loads(first.stdout)
+    studies = {str(_header(raw).StudyInstanceUID) for raw in source.values()}
+    refused_studies = {str(_header(source[sop]).StudyInstanceUID) for sop in refused}
+    assert report["studies_found"] == len(studies)
+    assert report["studies_complete"] == len(studies - refused_studies)
+    assert report["instances_stored"] == len(accepted)
+    assert report["instances_already_present"] == 0
+    assert report["failed"] == len(refused)
+    assert {f["sop_instance_uid"] for f in report["failures"]} == refused
+    assert all("(0002,0003)" in f["reason"] for f in report["failures"])
+
+    # Re-running is a no-op: everything is already there, nothing is stored twice.
+    again = run_import(orthanc, data_dir)
+    report = json.loads(again.stdout)
+    assert report["instances_stored"] == 0
+    assert report["instances_already_present"] == len(accepted)
+    assert report["failed"] == len(refused)
+
+    node = start_node(data_dir)
+    try:
+        with httpx.Client(timeout=60) as client:
+            for sop, original in source.items():
+                ds = _header(original)
+                reply = wado_instance(
+                    client, node.dicomweb, ds.StudyInstanceUID, ds.SeriesInstanceUID, sop
+                )
+                if sop in refused:
+                    assert reply.status_code == 404, sop
+                    continue
+                assert reply.status_code == 200, sop
+                parts = split_multipart(reply.headers["content-type"], reply.content)
+                assert parts == [original], f"{sop} differs from Orthanc's copy"
+    finally:
+        node.stop()
+    assert_no_plaintext.append((data_dir, []))
+
+
+def test_import_from_an_unreachable_source_fails_with_a_reason(tmp_path: Path) -> None:
+    result = run_import(f"http://127.0.0.1:{free_port()}/dicom-web", tmp_path / "node")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["studies_found"] == 0
+    assert report["failed"] == 1
+    assert "searching the source failed" in report["failures"][0]["reason"]
