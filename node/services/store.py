@@ -272,7 +272,9 @@ class InstanceIngest:
             for _element in ds:
                 pass
         except _PARSE_ERRORS as exc:
-            self._fail(StoreFailure(REASON_MALFORMED, f"DICOM header cannot be parsed: {exc}"))
+            # The exception's text may quote a header value: name only its kind.
+            reason = f"DICOM header cannot be parsed ({type(exc).__name__})"
+            self._fail(StoreFailure(REASON_MALFORMED, reason))
             return
         self._header = ds
         try:
