@@ -380,6 +380,7 @@ class AuditLog:
         leaves = bytearray()
         findings: list[Finding] = []
         mismatched: dict[int, bytes] = {}  # index -> hash of the body found there
+        no_leaf_hash: list[int] = []
         expected = 0
         result: Any = conn.execution_options(yield_per=20_000).execute(query)
         for raw_index, body, stored in result:
@@ -393,13 +394,16 @@ class AuditLog:
             lh = merkle.leaf_hash(bytes(body))
             leaves += lh
             if stored is None:
-                findings.append(Finding("tree", index, "the entry's stored leaf hash is missing"))
+                no_leaf_hash.append(index)
             elif bytes(stored) != lh:
                 mismatched[index] = lh
             expected = index + 1
         for gap in range(expected, size):
             findings.append(Finding("missing", gap, "entry is missing from storage"))
             leaves += _ZERO
+        for first, last in _runs(no_leaf_hash):
+            span = f"entry {first}" if first == last else f"entries {first}..{last}"
+            findings.append(Finding("tree", first, f"stored leaf hashes missing for {span}"))
         if mismatched:
             findings += self._classify(conn, mismatched)
         return leaves, findings
@@ -563,6 +567,17 @@ def _check_anchors(
                     )
         previous = (anchored_size, anchored_root)
     return findings
+
+
+def _runs(indices: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive runs in sorted indices, as (first, last) pairs."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and runs[-1][1] == index - 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return runs
 
 
 def _leaf_bytes(event: AuditEvent | Mapping[str, Any]) -> bytes:
