@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from web3.logs import DISCARD
+
 from ledger.chain import Chain
 from ledger.deploy import (
     Deployment,
@@ -148,7 +150,7 @@ class ConsortiumClient:
                 int(kind), checksum(account), hid, endpoint, tls_fingerprint
             )
         )
-        events = self.contract.events.ProposalCreated().process_receipt(receipt)
+        events = self.contract.events.ProposalCreated().process_receipt(receipt, errors=DISCARD)
         return int(events[0]["args"]["proposalId"])
 
     def vote(self, proposal_id: int, support: bool) -> Proposal:
