@@ -64,7 +64,7 @@ def remove_member(proposers: list[Hospital], target: Hospital) -> None:
 
 
 def test_founders_are_active_and_outsiders_cannot_propose(env: ChainEnv) -> None:
-    a, b, c = hospitals(env)
+    a, b, _c = hospitals(env)
     members = a.registry.members()
     assert [m.hospital_id for m in members] == ["hosp-0", "hosp-1", "hosp-2"]
     assert all(m.status is MemberStatus.ACTIVE for m in members)
