@@ -185,7 +185,7 @@ class _Strict(BaseModel):
 class Agent(_Strict):
     """An active participant (PS3.15 A.5.2 ActiveParticipant / FHIR ``AuditEvent.agent``)."""
 
-    who: Token
+    who: Annotated[str, Field(max_length=256)]
     role: ParticipantRole
     requestor: bool
     network_address: Annotated[str, Field(pattern=_NETWORK_ADDRESS.pattern)] | None = None
@@ -195,6 +195,8 @@ class Agent(_Strict):
         # A patient acting for themselves is known to the network only by their ledger address.
         if self.role is ParticipantRole.PATIENT and not _ADDRESS_REF.match(self.who):
             raise ValueError("a patient agent's who must be their ledger address (0x + 40 hex)")
+        if not _TOKEN.match(self.who):
+            raise ValueError("an agent's who must be one identifier token, no spaces")
         return self
 
 
@@ -202,7 +204,7 @@ class Entity(_Strict):
     """A participant object (PS3.15 A.5.2 ParticipantObject / FHIR ``AuditEvent.entity``)."""
 
     kind: EntityKind
-    ref: Token
+    ref: Annotated[str, Field(max_length=256)]
 
     @model_validator(mode="after")
     def _pseudonymous(self) -> Self:
@@ -215,6 +217,8 @@ class Entity(_Strict):
                     f"a {self.kind.value} entity's ref must be "
                     f"{_PSEUDONYMOUS_KINDS[self.kind]}; plaintext identifiers are refused"
                 )
+        elif not _TOKEN.match(self.ref):
+            raise ValueError(f"a {self.kind.value} entity's ref must be one token, no spaces")
         return self
 
 
