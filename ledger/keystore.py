@@ -31,14 +31,15 @@ def keys_dir(data_dir: Path) -> Path:
 
 
 def write_key_file(
-    path: Path, account: LocalAccount, password: str, scrypt_n: int = DEFAULT_SCRYPT_N
+    path: Path, account: LocalAccount, password: str, scrypt_n: int | None = None
 ) -> None:
     """Encrypt the account's key under the password into path (mode 0600, never overwritten)."""
     path = Path(path)
     if path.exists():
         raise KeystoreError(f"refusing to overwrite existing key file {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    blob = Account.encrypt(account.key, password, kdf="scrypt", iterations=scrypt_n)
+    n = DEFAULT_SCRYPT_N if scrypt_n is None else scrypt_n
+    blob = Account.encrypt(account.key, password, kdf="scrypt", iterations=n)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(blob, f)
@@ -76,7 +77,7 @@ def key_file_address(path: Path) -> str | None:
     return to_checksum_address("0x" + str(address).removeprefix("0x"))
 
 
-def generate_key_file(path: Path, password: str, scrypt_n: int = DEFAULT_SCRYPT_N) -> LocalAccount:
+def generate_key_file(path: Path, password: str, scrypt_n: int | None = None) -> LocalAccount:
     """Create a fresh key, store it encrypted at path, and return the account."""
     account: LocalAccount = Account.create()
     write_key_file(path, account, password, scrypt_n)
@@ -103,7 +104,7 @@ def _node_password(data_dir: Path, password: str | None, create: bool) -> str:
 
 
 def ensure_node_account(
-    data_dir: Path, password: str | None = None, scrypt_n: int = DEFAULT_SCRYPT_N
+    data_dir: Path, password: str | None = None, scrypt_n: int | None = None
 ) -> LocalAccount:
     """Load the node account, creating the key (and a dev password file) on first use."""
     path = keys_dir(data_dir) / NODE_KEY_FILE

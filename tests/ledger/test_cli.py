@@ -1,0 +1,182 @@
+"""The ledger CLI: embedded state across processes, a consortium on anvil, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from ledger.chain import connect
+from ledger.cli import consent_app, consortium_app, ledger_app, patient_app
+from ledger.errors import ChainUnavailableError
+from ledger.keystore import ensure_node_account, key_file_address
+from tests.ledger.conftest import REPO_ROOT, Anvil
+
+STUDY = "1.2.826.0.1.3680043.8.498.77"
+
+
+def cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """Run one command in its own Python process, as an operator would."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "PACSMESH_PATIENT_KEY_PASSWORD": "patient-pw",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "ledger.cli", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+def test_embedded_chain_state_survives_across_processes(tmp_path: Path) -> None:
+    data = tmp_path / "node-a"
+    deployed = cli("ledger", "deploy", "--hospital-id", "hosp-a", "--json", data_dir=data)
+    assert deployed.returncode == 0, deployed.stderr
+    deployment = json.loads(deployed.stdout)
+    key = tmp_path / "patient.json"
+    keygen = cli("patient", "keygen", "--out", str(key), data_dir=data)
+    patient = keygen.stdout.strip()
+    assert keygen.returncode == 0 and patient.startswith("0x")
+
+    granted = cli(
+        "consent", "grant", "--patient-key", str(key), "--grantee", "hosp-a",
+        "--purpose", "treatment", "--study", STUDY, "--expires", "+30d", data_dir=data,
+    )  # fmt: skip
+    assert granted.returncode == 0, granted.stderr
+    check = ["consent", "check", "--patient", patient, "--grantee", "hosp-a"]
+    # A new process replays the journal and sees the grant made by the previous one.
+    assert cli(*check, "--purpose", "treatment", "--study", STUDY, data_dir=data).returncode == 0
+    assert cli(*check, "--purpose", "research", "--study", STUDY, data_dir=data).returncode == 1
+
+    listed = cli("consent", "list", "--patient", patient, "--json", data_dir=data)
+    grants = json.loads(listed.stdout)["grants"]
+    assert [(g["purpose"], g["grantee"]) for g in grants] == [
+        ("treatment", deployment_member(data))
+    ]
+
+    revoked = cli(
+        "consent", "revoke", "--patient-key", str(key), "--grantee", "hosp-a",
+        "--purpose", "treatment", "--study", STUDY, data_dir=data,
+    )  # fmt: skip
+    assert revoked.returncode == 0, revoked.stderr
+    assert cli(*check, "--purpose", "treatment", "--study", STUDY, data_dir=data).returncode == 1
+
+    status = json.loads(cli("ledger", "status", "--json", data_dir=data).stdout)
+    assert status["chain"] == "embedded" and status["member_status"] == "active"
+    assert status["deployment"]["consent_registry"] == deployment["consent_registry"]
+    assert status["head_block"] == 5  # 3 deployments, a grant and a revocation
+
+
+def deployment_member(data: Path) -> str:
+    address = key_file_address(data / "keys" / "node.json")
+    assert address is not None
+    return address
+
+
+def _app() -> typer.Typer:
+    root = typer.Typer()
+    root.add_typer(ledger_app, name="ledger")
+    root.add_typer(consortium_app, name="consortium")
+    root.add_typer(patient_app, name="patient")
+    root.add_typer(consent_app, name="consent")
+    return root
+
+
+@pytest.mark.integration
+def test_consortium_vote_and_consent_over_anvil(anvil: Anvil, tmp_path: Path) -> None:
+    runner = CliRunner()
+    app = _app()
+    dirs = [tmp_path / f"node-{n}" for n in "abc"]
+    accounts = [ensure_node_account(d).address for d in dirs]
+    for address in accounts:
+        anvil.fund(address)
+    founders = [f"hosp-b,{accounts[1]},https://b.example"]
+    res = runner.invoke(
+        app,
+        ["ledger", "deploy", "--data-dir", str(dirs[0]), "--rpc", anvil.url,
+         "--hospital-id", "hosp-a", "--founder", founders[0], "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    for d in dirs[1:]:
+        shutil.copy(dirs[0] / "deployment.json", d / "deployment.json")
+
+    def run(node: int, *args: str) -> tuple[int, str]:
+        r = runner.invoke(app, [*args, "--data-dir", str(dirs[node]), "--rpc", anvil.url])
+        return r.exit_code, r.output
+
+    code, out = run(
+        0, "consortium", "propose", "add", "--account", accounts[2], "--hospital-id", "hosp-c",
+        "--endpoint", "https://c.example", "--json",
+    )  # fmt: skip
+    assert code == 0, out
+    proposal = json.loads(out)
+    assert proposal["status"] == "open"  # 1 of 2 is not a majority
+    code, out = run(2, "consortium", "vote", str(proposal["proposal_id"]), "--yes")
+    assert code == 2 and "NotMember" in out  # the candidate cannot vote for itself
+    code, out = run(1, "consortium", "vote", str(proposal["proposal_id"]), "--yes", "--json")
+    assert code == 0 and json.loads(out)["status"] == "executed"
+    code, out = run(2, "consortium", "list", "--json")
+    members = json.loads(out)["members"]
+    assert [m["hospital_id"] for m in members] == ["hosp-a", "hosp-b", "hosp-c"]
+
+    os.environ["PACSMESH_PATIENT_KEY_PASSWORD"] = "pw"
+    try:
+        key = tmp_path / "patient.json"
+        code, patient = run(0, "patient", "keygen", "--out", str(key))
+        patient = patient.strip()
+        code, out = run(
+            2, "consent", "grant", "--patient-key", str(key), "--grantee", "all",
+            "--purpose", "ai-training",
+        )  # fmt: skip
+        assert code == 0, out
+    finally:
+        del os.environ["PACSMESH_PATIENT_KEY_PASSWORD"]
+    for node, hid in ((0, "hosp-a"), (1, "hosp-c")):
+        code, out = run(
+            node, "consent", "check", "--patient", patient, "--grantee", hid,
+            "--purpose", "ai-training", "--study", STUDY, "--json",
+        )  # fmt: skip
+        assert code == 0 and json.loads(out)["permitted"] is True
+    code, _ = run(0, "consent", "check", "--patient", patient, "--grantee", "hosp-b",
+                  "--purpose", "treatment")  # fmt: skip
+    assert code == 1
+
+
+def test_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
+    runner = CliRunner()
+    app = _app()
+    res = runner.invoke(app, ["ledger", "status", "--data-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "NotDeployedError" in res.output
+    assert "Traceback" not in res.output
+    res = runner.invoke(
+        app,
+        ["consent", "check", "--data-dir", str(tmp_path), "--patient", "0x" + "11" * 20,
+         "--grantee", "hosp-a", "--purpose", "gossip", "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 2 and "unknown purpose" in json.loads(res.output)["error"]
+    res = runner.invoke(
+        app, ["ledger", "status", "--data-dir", str(tmp_path), "--rpc", "ftp://nowhere"]
+    )
+    assert res.exit_code == 2
+
+
+def test_embedded_chain_refuses_a_second_opener(tmp_path: Path) -> None:
+    first = connect(tmp_path)
+    try:
+        with pytest.raises(ChainUnavailableError, match="another process"):
+            connect(tmp_path)
+    finally:
+        first.close()
+    connect(tmp_path).close()  # free again once closed
