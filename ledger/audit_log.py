@@ -34,6 +34,7 @@ FindingKind = Literal[
     "edited", "missing", "reordered", "extra", "anchor-mismatch", "inconsistent-anchors", "tree"
 ]
 _ZERO = bytes(merkle.HASH_SIZE)
+_INDEX_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 class AuditLogError(Exception):
@@ -64,15 +65,16 @@ class Finding:
 
 
 class _Pending:
-    """An ``append`` waiting for a group commit."""
+    """An ``append`` waiting for a group commit, or promoted to commit the queue itself."""
 
-    __slots__ = ("body", "done", "error", "index")
+    __slots__ = ("body", "error", "index", "lead", "wakeup")
 
     def __init__(self, body: bytes) -> None:
         self.body = body
         self.index = -1
-        self.done = False
+        self.lead = False
         self.error: BaseException | None = None
+        self.wakeup = threading.Event()
 
 
 class AuditLog:
@@ -85,7 +87,8 @@ class AuditLog:
         self._entries = sa.Table(
             f"{p}entries",
             self.metadata,
-            sa.Column("leaf_index", sa.BigInteger, primary_key=True, autoincrement=False),
+            # INTEGER PRIMARY KEY on SQLite is the rowid itself: no second index to maintain.
+            sa.Column("leaf_index", _INDEX_TYPE, primary_key=True, autoincrement=False),
             sa.Column("body", sa.LargeBinary, nullable=False),
         )
         self._nodes = sa.Table(
@@ -94,6 +97,8 @@ class AuditLog:
             sa.Column("level", sa.SmallInteger, primary_key=True, autoincrement=False),
             sa.Column("node_index", sa.BigInteger, primary_key=True, autoincrement=False),
             sa.Column("hash", sa.LargeBinary(merkle.HASH_SIZE), nullable=False),
+            # Clustered on (level, node_index): a node lookup is one B-tree search.
+            sqlite_with_rowid=False,
         )
         self._head = sa.Table(
             f"{p}head",
@@ -110,6 +115,18 @@ class AuditLog:
             sa.Column("block_number", sa.BigInteger, nullable=False),
         )
         self.metadata.create_all(engine, checkfirst=True)
+        marks = {"qmark": "?", "format": "%s", "pyformat": "%s"}
+        if engine.dialect.paramstyle not in marks:
+            raise AuditLogError(f"unsupported database driver {engine.dialect.driver!r}")
+        mark = marks[engine.dialect.paramstyle]
+        quote = engine.dialect.identifier_preparer.quote
+        self._insert_entry_sql = (
+            f"INSERT INTO {quote(self._entries.name)} (leaf_index, body) VALUES ({mark}, {mark})"
+        )
+        self._insert_node_sql = (
+            f"INSERT INTO {quote(self._nodes.name)} (level, node_index, hash) "
+            f"VALUES ({mark}, {mark}, {mark})"
+        )
         with engine.begin() as conn:
             if conn.execute(sa.select(self._head.c.tree_size)).first() is None:
                 conn.execute(sa.insert(self._head).values(head_id=1, tree_size=0))
@@ -121,6 +138,7 @@ class AuditLog:
         self._commit_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Pending] = []
+        self._leading = False
 
     @classmethod
     def open(cls, url_or_path: str | Path, table_prefix: str = "audit_") -> AuditLog:
@@ -144,25 +162,43 @@ class AuditLog:
     def append(self, event: AuditEvent | Mapping[str, Any]) -> int:
         """Record one event; returns its leaf index once it is committed (durable)."""
         pending = _Pending(_leaf_bytes(event))
+        # Group commit: one caller at a time (the leader) commits everything queued in one
+        # transaction, so concurrent callers share one fsync; the others sleep until their
+        # batch is durable, or until they are promoted to lead the next batch.
         with self._queue_lock:
             self._queue.append(pending)
-        # Group commit: whichever waiting thread gets the lock commits everything queued so
-        # far in one transaction, so concurrent callers share one fsync.
-        with self._commit_lock:
-            if not pending.done:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                try:
-                    first = self._commit([p.body for p in batch])
-                except BaseException as exc:
-                    for p in batch:
-                        p.error, p.done = exc, True
-                else:
-                    for offset, p in enumerate(batch):
-                        p.index, p.done = first + offset, True
+            if not self._leading:
+                self._leading = pending.lead = True
+        if not pending.lead:
+            pending.wakeup.wait()
+        if pending.lead:
+            self._commit_queue()
         if pending.error is not None:
             raise AuditLogError("the audit event could not be recorded") from pending.error
         return pending.index
+
+    def _commit_queue(self) -> None:
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
+        try:
+            with self._commit_lock:
+                first = self._commit([p.body for p in batch])
+        except BaseException as exc:
+            for p in batch:
+                p.error = exc
+        else:
+            for offset, p in enumerate(batch):
+                p.index = first + offset
+        finally:
+            with self._queue_lock:
+                if self._queue:
+                    self._queue[0].lead = True
+                    self._queue[0].wakeup.set()
+                else:
+                    self._leading = False
+            for p in batch:
+                p.lead = False
+                p.wakeup.set()
 
     def append_many(self, events: Iterable[AuditEvent | Mapping[str, Any]]) -> list[int]:
         """Record several events in one transaction; returns their leaf indices."""
@@ -184,23 +220,22 @@ class AuditLog:
             )
             old = conn.execute(sa.select(head.c.tree_size)).scalar_one() - n
             peaks = list(self._peaks) if old == self._size else self._load_peaks(conn, old)
-            node_rows: list[dict[str, Any]] = []
+            node_rows: list[tuple[int, int, bytes]] = []
             for offset, lh in enumerate(leaves):
                 end = old + offset + 1
-                node_rows.append({"level": 0, "node_index": end - 1, "hash": lh})
+                node_rows.append((0, end - 1, lh))
                 level, acc = 0, lh
                 while peaks and peaks[-1][0] == level:
                     acc = merkle.node_hash(peaks.pop()[1], acc)
                     level += 1
-                    node_rows.append(
-                        {"level": level, "node_index": (end >> level) - 1, "hash": acc}
-                    )
+                    node_rows.append((level, (end >> level) - 1, acc))
                 peaks.append((level, acc))
-            conn.execute(
-                sa.insert(self._entries),
-                [{"leaf_index": old + k, "body": b} for k, b in enumerate(bodies)],
+            # Straight to the driver's executemany: SQLAlchemy's per-row parameter processing
+            # cost more than the inserts themselves.
+            conn.exec_driver_sql(
+                self._insert_entry_sql, [(old + k, b) for k, b in enumerate(bodies)]
             )
-            conn.execute(sa.insert(self._nodes), node_rows)
+            conn.exec_driver_sql(self._insert_node_sql, node_rows)
         self._size, self._peaks = old + n, peaks
         return old
 
@@ -287,11 +322,18 @@ class AuditLog:
         if not keys:
             return []
         n = self._nodes
-        rows: Any = conn.execute(
-            sa.select(n.c.level, n.c.node_index, n.c.hash).where(
-                sa.tuple_(n.c.level, n.c.node_index).in_(list(keys))
+        by_level: dict[int, list[int]] = {}
+        for level, index in keys:
+            by_level.setdefault(level, []).append(index)
+        # One index search per level (an OR of per-level IN lists): SQLite scans the whole
+        # table for a row-value IN, so the tuple form would be O(n).
+        where = sa.or_(
+            *(
+                sa.and_(n.c.level == level, n.c.node_index.in_(indices))
+                for level, indices in by_level.items()
             )
         )
+        rows: Any = conn.execute(sa.select(n.c.level, n.c.node_index, n.c.hash).where(where))
         found = {(int(level), int(index)): bytes(h) for level, index, h in rows}
         missing = [k for k in keys if k not in found]
         if missing:
