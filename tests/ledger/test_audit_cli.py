@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,8 +17,10 @@ from typer.testing import CliRunner
 from ledger import merkle
 from ledger.audit_cli import audit_app
 from ledger.cli import ledger_app
+from tests.ledger.conftest import Anvil
 
 runner = CliRunner()
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
 
@@ -185,3 +188,74 @@ def test_anchor_without_a_deployment_is_a_clear_error(tmp_path: Path) -> None:
     assert "NotDeployedError" in result.output and "Traceback" not in result.output
     result = audit("anchor", "--rpc", "ftp://example.invalid", data_dir=tmp_path)
     assert result.exit_code == 2
+
+
+# --- a real anvil chain, and the log in PostgreSQL ------------------------------------------
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A throw-away PostgreSQL schema; the CLI reaches it through the URL's search_path."""
+    import sqlalchemy as sa
+
+    schema = f"audit_cli_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    yield schema
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.mark.integration
+def test_anchor_and_verify_on_anvil_with_the_log_in_postgresql(
+    anvil: Anvil, pg_schema: str, tmp_path: Path
+) -> None:
+    import sqlalchemy as sa
+
+    from ledger.keystore import ensure_node_account
+
+    data_dir = tmp_path / "node"
+    anvil.fund(ensure_node_account(data_dir).address)
+    chain = ["--rpc", anvil.url]
+    result = runner.invoke(ledger_app, ["deploy", "--data-dir", str(data_dir), *chain])
+    assert result.exit_code == 0, result.output
+    database = f"{POSTGRES_URL}?options=-csearch_path%3D{pg_schema}"
+    db = ["--database", database]
+
+    path = write_events(tmp_path / "a.jsonl", [event_json(i) for i in range(10)])
+    code, out = audit_json("append", "--event", str(path), *db, data_dir=data_dir)
+    assert code == 0 and out["size"] == 10
+    code, first = audit_json("anchor", *chain, *db, data_dir=data_dir)
+    assert code == 0 and first["size"] == 10
+    path = write_events(tmp_path / "b.jsonl", [event_json(i) for i in range(10, 15)])
+    assert audit("append", "--event", str(path), *db, data_dir=data_dir).exit_code == 0
+    code, second = audit_json("anchor", *chain, *db, data_dir=data_dir)
+    assert code == 0 and second["size"] == 15
+    assert not (data_dir / "audit.sqlite").exists()  # the log really lives in PostgreSQL
+
+    code, out = audit_json("verify", *chain, *db, data_dir=data_dir)
+    assert code == 0 and out["anchors_checked"] == 2 and out["unanchored"] == 0
+
+    # Swap two anchored events inside PostgreSQL: verify names both.
+    engine = sa.create_engine(database)
+    with engine.begin() as conn:
+        rows: dict[int, bytes] = dict(
+            conn.execute(
+                sa.text("SELECT leaf_index, body FROM audit_entries WHERE leaf_index IN (2, 11)")
+            ).all()
+        )
+        for index, other in ((2, 11), (11, 2)):
+            conn.execute(
+                sa.text("UPDATE audit_entries SET body = :b WHERE leaf_index = :i"),
+                {"b": rows[other], "i": index},
+            )
+    engine.dispose()
+    code, out = audit_json("verify", *chain, *db, data_dir=data_dir)
+    assert code == 1 and out["failing_entries"] == [2, 11]
+    assert all(
+        "entries 2 and 11 are swapped" in f["detail"]
+        for f in out["findings"]
+        if f["kind"] == "reordered"
+    )
