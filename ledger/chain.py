@@ -377,7 +377,7 @@ class Chain:
         with self._lock, rpc_errors():
             # Every field given, so web3 makes no RPC here; only to and data are kept.
             built = fn.build_transaction(
-                {
+                {  # type: ignore[arg-type]
                     "from": self.address,
                     "chainId": self.chain_id,
                     "gas": 1,
