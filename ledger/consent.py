@@ -388,18 +388,19 @@ class ConsentCache:
         expires_at: int,
     ) -> None:
         """Record a GrantSet."""
-        self._grants[(patient, grantee, purpose, bytes(study))] = (valid_from, expires_at)
+        key = (patient.lower(), grantee.lower(), purpose, bytes(study))
+        self._grants[key] = (valid_from, expires_at)
 
     def apply_revoke(self, patient: str, grantee: str, purpose: int, study: bytes) -> None:
         """Record a GrantRevoked."""
-        self._grants.pop((patient, grantee, purpose, bytes(study)), None)
+        self._grants.pop((patient.lower(), grantee.lower(), purpose, bytes(study)), None)
 
     def apply_member(self, account: str, active: bool) -> None:
         """Record a MemberAdded or MemberRemoved."""
         if active:
-            self._active_members.add(account)
+            self._active_members.add(account.lower())
         else:
-            self._active_members.discard(account)
+            self._active_members.discard(account.lower())
 
     def mark_synced(self, block: int, at: float | None = None, block_time: int = 0) -> None:
         """Note that every event up to this block (with this timestamp) has been applied."""
@@ -476,7 +477,8 @@ class ConsentCache:
         # second); the contract judges at block time, so never judge earlier than that.
         at = max(wall, self._synced_block_time) if now is None else now
         p = int(purpose)
-        patient, grantee = checksum(patient), checksum(grantee)
+        # Keys are lower-case hex: a lookup costs no keccak for checksumming.
+        patient, grantee = patient.lower(), grantee.lower()
         permitted = grantee in self._active_members and (
             self._in_force((patient, grantee, p, study), at)
             or self._in_force((patient, grantee, p, ALL_STUDIES), at)
@@ -487,11 +489,11 @@ class ConsentCache:
 
     def grants_of(self, patient: str) -> list[Grant]:
         """Every active grant of a patient (any validity window)."""
-        patient = checksum(patient)
+        patient = checksum(patient).lower()
         with self._lock:
             items = [(k, v) for k, v in self._grants.items() if k[0] == patient]
         return [
-            Grant(k[0], k[1], Purpose(k[2]), k[3], v[0], v[1])
+            Grant(checksum(k[0]), checksum(k[1]), Purpose(k[2]), k[3], v[0], v[1])
             for k, v in sorted(items, key=lambda kv: (kv[0][2], kv[0][1], kv[0][3]))
         ]
 
