@@ -11,7 +11,7 @@ from typing import Any
 
 from eth_utils.address import is_address, to_checksum_address
 
-from ledger.chain import Chain
+from ledger.chain import Chain, rpc_errors
 from ledger.errors import ARTIFACTS_DIR, ConfigurationError, NotDeployedError
 
 DEPLOYMENT_FILE = "deployment.json"
@@ -167,7 +167,8 @@ def check_deployment(chain: Chain, deployment: Deployment) -> None:
         raise NotDeployedError(
             f"deployment is for chain {deployment.chain_id}, connected chain is {chain.chain_id}"
         )
-    code = chain.w3.eth.get_code(deployment.consortium_registry)  # type: ignore[arg-type]
+    with rpc_errors():
+        code = chain.w3.eth.get_code(deployment.consortium_registry)  # type: ignore[arg-type]
     if not code:
         raise NotDeployedError("no ConsortiumRegistry code at the deployed address")
 

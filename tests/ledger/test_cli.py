@@ -17,7 +17,7 @@ from ledger.chain import connect
 from ledger.cli import consent_app, consortium_app, ledger_app, patient_app
 from ledger.errors import ChainUnavailableError
 from ledger.keystore import ensure_node_account, key_file_address
-from tests.ledger.conftest import REPO_ROOT, Anvil
+from tests.ledger.conftest import REPO_ROOT, Anvil, free_port
 
 STUDY = "1.2.826.0.1.3680043.8.498.77"
 
@@ -166,10 +166,28 @@ def test_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
          "--grantee", "hosp-a", "--purpose", "gossip", "--json"],
     )  # fmt: skip
     assert res.exit_code == 2 and "unknown purpose" in json.loads(res.output)["error"]
+    (tmp_path / "deployment.json").write_text(
+        json.dumps(
+            {
+                "chain_id": 31337,
+                "consortium_registry": "0x" + "01" * 20,
+                "consent_registry": "0x" + "02" * 20,
+                "audit_anchor": "0x" + "03" * 20,
+                "block_number": 1,
+            }
+        )
+    )
     res = runner.invoke(
         app, ["ledger", "status", "--data-dir", str(tmp_path), "--rpc", "ftp://nowhere"]
     )
-    assert res.exit_code == 2
+    assert res.exit_code == 2 and "unsupported RPC URL" in res.output
+    # A chain that is down: one line naming the outage, no traceback.
+    port = free_port()
+    res = runner.invoke(
+        app, ["ledger", "status", "--data-dir", str(tmp_path), "--rpc", f"http://127.0.0.1:{port}"]
+    )
+    assert res.exit_code == 2 and "ChainUnavailableError" in res.output
+    assert "Traceback" not in res.output
 
 
 def test_embedded_chain_refuses_a_second_opener(tmp_path: Path) -> None:
