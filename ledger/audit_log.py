@@ -114,7 +114,7 @@ class AuditLog:
             sa.Column("root", sa.LargeBinary(merkle.HASH_SIZE), nullable=False),
             sa.Column("block_number", sa.BigInteger, nullable=False),
         )
-        self.metadata.create_all(engine, checkfirst=True)
+        self._create_tables()
         marks = {"qmark": "?", "format": "%s", "pyformat": "%s"}
         if engine.dialect.paramstyle not in marks:
             raise AuditLogError(f"unsupported database driver {engine.dialect.driver!r}")
@@ -127,14 +127,12 @@ class AuditLog:
             f"INSERT INTO {quote(self._nodes.name)} (level, node_index, hash) "
             f"VALUES ({mark}, {mark}, {mark})"
         )
-        with engine.begin() as conn:
-            if conn.execute(sa.select(self._head.c.tree_size)).first() is None:
-                conn.execute(sa.insert(self._head).values(head_id=1, tree_size=0))
-        # In-memory frontier of the tree at self._size: the perfect subtrees (level, hash) whose
+        # In-memory frontier of the tree: its size and the perfect subtrees (level, hash) whose
         # fold is the root. Appends extend it without reading; it is reloaded (O(log n)) when
         # another process has appended meanwhile.
-        self._size = 0
-        self._peaks: list[tuple[int, bytes]] = []
+        # One tuple, replaced whole, so readers in other threads never pair a size with
+        # another size's peaks.
+        self._frontier: tuple[int, list[tuple[int, bytes]]] = (0, [])
         self._commit_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Pending] = []
@@ -219,7 +217,8 @@ class AuditLog:
                 sa.update(head).where(head.c.head_id == 1).values(tree_size=head.c.tree_size + n)
             )
             old = conn.execute(sa.select(head.c.tree_size)).scalar_one() - n
-            peaks = list(self._peaks) if old == self._size else self._load_peaks(conn, old)
+            cached_size, cached_peaks = self._frontier
+            peaks = list(cached_peaks) if old == cached_size else self._load_peaks(conn, old)
             node_rows: list[tuple[int, int, bytes]] = []
             for offset, lh in enumerate(leaves):
                 end = old + offset + 1
@@ -236,7 +235,7 @@ class AuditLog:
                 self._insert_entry_sql, [(old + k, b) for k, b in enumerate(bodies)]
             )
             conn.exec_driver_sql(self._insert_node_sql, node_rows)
-        self._size, self._peaks = old + n, peaks
+        self._frontier = (old + n, peaks)
         return old
 
     # -- reading -----------------------------------------------------------------------------
@@ -269,8 +268,9 @@ class AuditLog:
             size = self._checked_size(conn, size)
             if size == 0:
                 return merkle.EMPTY_ROOT
-            if size == self._size:
-                return merkle.fold_subtrees([h for _, h in self._peaks])
+            cached_size, cached_peaks = self._frontier
+            if size == cached_size:
+                return merkle.fold_subtrees([h for _, h in cached_peaks])
             keys = merkle.perfect_subtrees(0, size)
             return merkle.fold_subtrees(self._fetch(conn, keys))
 
@@ -293,6 +293,23 @@ class AuditLog:
             except merkle.MerkleError as exc:
                 raise AuditLogError(str(exc)) from None
             return self._range_hashes(conn, ranges)
+
+    def _create_tables(self) -> None:
+        # Another process may be creating the same tables or head row at this moment: a lost
+        # race is an error from the database, and the next pass finds what the winner made.
+        for attempt in range(5):
+            try:
+                self.metadata.create_all(self.engine, checkfirst=True)
+                break
+            except sa.exc.DBAPIError:
+                if attempt == 4:
+                    raise
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(sa.select(self._head.c.tree_size)).first() is None:
+                    conn.execute(sa.insert(self._head).values(head_id=1, tree_size=0))
+        except sa.exc.IntegrityError:
+            pass
 
     def _db_size(self, conn: Connection) -> int:
         return int(conn.execute(sa.select(self._head.c.tree_size)).scalar_one())
@@ -423,12 +440,13 @@ class AuditLog:
         findings: list[Finding] = []
         mismatched: dict[int, bytes] = {}  # index -> hash of the body found there
         no_leaf_hash: list[int] = []
+        beyond: list[int] = []
         expected = 0
         result: Any = conn.execution_options(yield_per=20_000).execute(query)
         for raw_index, body, stored in result:
             index = int(raw_index)
             if index >= size:
-                findings.append(Finding("extra", index, f"entry beyond the log's size {size}"))
+                beyond.append(index)
                 continue
             for gap in range(expected, index):
                 findings.append(Finding("missing", gap, "entry is missing from storage"))
@@ -443,6 +461,14 @@ class AuditLog:
         for gap in range(expected, size):
             findings.append(Finding("missing", gap, "entry is missing from storage"))
             leaves += _ZERO
+        if beyond:
+            # Appends that landed while we read are not extra; rows past the head's size are.
+            now = self._db_size(conn)
+            findings += [
+                Finding("extra", i, f"entry beyond the log's size {now}")
+                for i in beyond
+                if i >= now
+            ]
         for first, last in _runs(no_leaf_hash):
             span = f"entry {first}" if first == last else f"entries {first}..{last}"
             findings.append(Finding("tree", first, f"stored leaf hashes missing for {span}"))

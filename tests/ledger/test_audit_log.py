@@ -353,3 +353,56 @@ def test_roots_and_proofs_read_few_nodes_in_one_query(log: AuditLog) -> None:
     leaf = log.entry(1234)
     assert merkle.verify_inclusion(1234, 2999, merkle.leaf_hash(leaf), proof, root)
     assert merkle.verify_consistency(1000, 2999, log.root(1000), root, consistency)
+
+
+def test_rows_smuggled_past_the_head_are_reported(backend: Backend, log: AuditLog) -> None:
+    log.append_many(make_event(i) for i in range(16))
+    anchors = [(16, log.root(16))]
+    backend.execute(
+        "INSERT INTO {p}entries (leaf_index, body) VALUES (40, :b)", b=make_event(99).canonical()
+    )
+    findings = log.verify(anchors)
+    assert [(f.kind, f.index) for f in findings] == [("extra", 40)]
+
+
+def test_verify_while_another_thread_appends_reports_nothing(log: AuditLog) -> None:
+    log.append_many(make_event(i) for i in range(200))
+    anchors = [(200, log.root(200))]
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 200
+        while not stop.is_set():
+            log.append(make_event(i))
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        results = [log.verify(anchors) for _ in range(5)]
+    finally:
+        stop.set()
+        thread.join()
+    assert results == [[]] * 5
+    assert log.size() > 200
+    assert log.root() == merkle.root(stored_leaves(log))
+
+
+def test_processes_opening_a_fresh_log_at_once_all_succeed(backend: Backend) -> None:
+    opened: list[AuditLog] = []
+    errors: list[BaseException] = []
+
+    def opener() -> None:
+        try:
+            opened.append(backend.open())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert [o.size() for o in opened] == [0, 0, 0, 0]
+    assert opened[0].append(make_event(0)) == 0 and opened[3].size() == 1
