@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from ledger.chain import connect
 from ledger.cli import consent_app, consortium_app, ledger_app, patient_app
 from ledger.errors import ChainUnavailableError
-from ledger.keystore import ensure_node_account, key_file_address
+from ledger.keystore import ensure_node_account, generate_key_file
 from tests.ledger.conftest import REPO_ROOT, Anvil, free_port
 
 STUDY = "1.2.826.0.1.3680043.8.498.77"
@@ -46,43 +46,34 @@ def test_embedded_chain_state_survives_across_processes(tmp_path: Path) -> None:
     assert deployed.returncode == 0, deployed.stderr
     deployment = json.loads(deployed.stdout)
     key = tmp_path / "patient.json"
-    keygen = cli("patient", "keygen", "--out", str(key), data_dir=data)
-    patient = keygen.stdout.strip()
-    assert keygen.returncode == 0 and patient.startswith("0x")
+    patient = generate_key_file(key, "patient-pw").address
 
     granted = cli(
         "consent", "grant", "--patient-key", str(key), "--grantee", "hosp-a",
         "--purpose", "treatment", "--study", STUDY, "--expires", "+30d", data_dir=data,
     )  # fmt: skip
     assert granted.returncode == 0, granted.stderr
-    check = ["consent", "check", "--patient", patient, "--grantee", "hosp-a"]
+    check = ["consent", "check", "--patient", patient, "--grantee", "hosp-a", "--purpose"]
     # A new process replays the journal and sees the grant made by the previous one.
-    assert cli(*check, "--purpose", "treatment", "--study", STUDY, data_dir=data).returncode == 0
-    assert cli(*check, "--purpose", "research", "--study", STUDY, data_dir=data).returncode == 1
-
-    listed = cli("consent", "list", "--patient", patient, "--json", data_dir=data)
-    grants = json.loads(listed.stdout)["grants"]
-    assert [(g["purpose"], g["grantee"]) for g in grants] == [
-        ("treatment", deployment_member(data))
-    ]
-
+    assert cli(*check, "treatment", "--study", STUDY, data_dir=data).returncode == 0
     revoked = cli(
         "consent", "revoke", "--patient-key", str(key), "--grantee", "hosp-a",
         "--purpose", "treatment", "--study", STUDY, data_dir=data,
     )  # fmt: skip
     assert revoked.returncode == 0, revoked.stderr
-    assert cli(*check, "--purpose", "treatment", "--study", STUDY, data_dir=data).returncode == 1
 
-    status = json.loads(cli("ledger", "status", "--json", data_dir=data).stdout)
+    # And this process, opening the same directory afterwards, sees all four processes' work.
+    runner, app = CliRunner(), _app()
+    here = ["--data-dir", str(data)]
+    res = runner.invoke(app, [*check, "treatment", "--study", STUDY, *here])
+    assert res.exit_code == 1, res.output
+    res = runner.invoke(app, ["consent", "list", "--patient", patient, "--json", *here])
+    assert json.loads(res.output)["grants"] == []
+    status = json.loads(runner.invoke(app, ["ledger", "status", "--json", *here]).output)
     assert status["chain"] == "embedded" and status["member_status"] == "active"
+    assert status["hospital_id"] == "hosp-a"
     assert status["deployment"]["consent_registry"] == deployment["consent_registry"]
     assert status["head_block"] == 5  # 3 deployments, a grant and a revocation
-
-
-def deployment_member(data: Path) -> str:
-    address = key_file_address(data / "keys" / "node.json")
-    assert address is not None
-    return address
 
 
 def _app() -> typer.Typer:
