@@ -418,15 +418,60 @@ class AuditLog:
         with self.engine.connect() as conn:
             size = self._db_size(conn)
             leaves, findings = self._recompute_leaves(conn, size)
+            findings += self._check_stored_tree(conn, size)
         levels = _levels(leaves)
         recomputed = _Recomputed(levels)
         first_entry_problem = min((f.index for f in findings if f.index is not None), default=None)
         findings += _check_anchors(anchors, size, recomputed, first_entry_problem)
-        if size and not findings and self.root(size) != recomputed.root(size):
-            findings.append(
-                Finding("tree", None, "stored tree hashes do not match the entries; proofs fail")
-            )
         return sorted(findings, key=lambda f: (f.index is None, f.index or 0, f.kind))
+
+    def _check_stored_tree(self, conn: Connection, size: int) -> list[Finding]:
+        """Stored interior hashes that disagree with their stored children (proofs would fail).
+
+        Only the lowest disagreeing node is reported: its ancestors disagree because of it.
+        """
+        n, hs = self._nodes, merkle.HASH_SIZE
+        findings: list[Finding] = []
+        rows: Any = conn.execution_options(yield_per=50_000).execute(
+            sa.select(n.c.level, n.c.node_index, n.c.hash).order_by(n.c.level, n.c.node_index)
+        )
+        level, below, current = -1, bytearray(), bytearray()
+        bad_below: set[int] = set()
+        bad: set[int] = set()
+        for raw_level, raw_index, raw_hash in rows:
+            lv, ix = int(raw_level), int(raw_index)
+            if (ix + 1) << lv > size:
+                continue  # not part of the tree at this size (only after a crash or tampering)
+            if lv != level:
+                below, bad_below = (current, bad) if lv == level + 1 else (bytearray(), set())
+                level, current, bad = lv, bytearray(), set()
+            while len(current) < ix * hs:  # a gap: that node is missing
+                gap = len(current) // hs
+                if lv > 0:
+                    first, last = gap << lv, ((gap + 1) << lv) - 1
+                    findings.append(
+                        Finding("tree", first, f"stored hash for entries {first}..{last} missing")
+                    )
+                bad.add(gap)
+                current += _ZERO
+            h = bytes(raw_hash)
+            current += h
+            left = below[2 * ix * hs : (2 * ix + 1) * hs]
+            right = below[(2 * ix + 1) * hs : (2 * ix + 2) * hs]
+            if lv == 0 or len(right) != hs or merkle.node_hash(left, right) == h:
+                continue
+            bad.add(ix)
+            if not {2 * ix, 2 * ix + 1} & bad_below:
+                first, last = ix << lv, ((ix + 1) << lv) - 1
+                findings.append(
+                    Finding(
+                        "tree",
+                        first,
+                        f"stored hash for entries {first}..{last} does not match its children: "
+                        "one of them was rewritten, and proofs through it fail",
+                    )
+                )
+        return findings
 
     def _recompute_leaves(self, conn: Connection, size: int) -> tuple[bytearray, list[Finding]]:
         """Leaf hashes of the entries (zeros where one is missing) and entry-level findings."""

@@ -285,7 +285,26 @@ def test_rewriting_events_and_their_hashes_still_fails_against_the_anchors(
     findings = log.verify(anchors)
     mismatches = [f for f in findings if f.kind == "anchor-mismatch"]
     assert len(mismatches) == 2
-    assert "divergence lies in entries 16..29" in mismatches[0].detail
+    # The rewritten leaf hash no longer matches its stored parent: that pins the entry pair.
+    tree = [f for f in findings if f.kind == "tree"]
+    assert [(f.index, f.detail.split(" does")[0]) for f in tree] == [
+        (24, "stored hash for entries 24..25")
+    ]
+    assert all(f.index == 24 for f in mismatches)
+
+
+def test_a_rewritten_interior_hash_is_reported(backend: Backend, log: AuditLog) -> None:
+    anchors = anchored_log(log)
+    backend.execute(
+        "UPDATE {p}nodes SET hash = :h WHERE level = 2 AND node_index = 3", h=b"\x07" * 32
+    )
+    findings = log.verify(anchors)
+    # The entries and the anchors still agree; only the proofs through that node would fail.
+    assert [(f.kind, f.index) for f in findings] == [("tree", 12)]
+    assert "entries 12..15" in findings[0].detail
+    # Entry 9's audit path has that node (entries 12..15) as its level-2 sibling.
+    proof = log.inclusion_proof(9, 40)
+    assert not merkle.verify_inclusion(9, 40, merkle.leaf_hash(log.entry(9)), proof, anchors[2][1])
 
 
 def test_an_anchor_history_that_was_rewritten_is_reported(log: AuditLog) -> None:
