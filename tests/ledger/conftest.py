@@ -65,9 +65,15 @@ def rpc(url: str, method: str, params: list[Any] | None = None) -> Any:
 class Anvil:
     """A real anvil process on 127.0.0.1, stopped by PID."""
 
-    def __init__(self, port: int | None = None, state_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        state_file: Path | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.state_file = state_file
+        self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -76,7 +82,7 @@ class Anvil:
 
     def start(self) -> Anvil:
         args = [str(anvil_binary()), "--host", "127.0.0.1", "--port", str(self.port), "--silent"]
-        args += ["--chain-id", "31337", "--accounts", "1"]
+        args += ["--chain-id", "31337", "--accounts", "1", *self.extra_args]
         if self.state_file is not None:
             # Dumps the chain on shutdown and reloads it at start: an outage keeps its state.
             args += ["--state", str(self.state_file)]

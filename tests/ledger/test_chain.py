@@ -1,0 +1,94 @@
+"""Chain portability: zero-gas networks, legacy fees, bounded log ranges, journal replay."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+
+from ledger.anchor import AuditAnchorClient
+from ledger.chain import Chain, FeePolicy, connect
+from ledger.consent import ConsentClient, Purpose
+from ledger.deploy import MemberInfo, deploy_suite
+from tests.ledger.conftest import Anvil, rpc
+
+
+@pytest.mark.integration
+def test_zero_gas_chain_needs_no_funds(tmp_path: Path) -> None:
+    # Like a free-gas Besu QBFT network: zero base fee, zero gas price.
+    anvil = Anvil(extra_args=["--base-fee", "0", "--gas-price", "0"]).start()
+    try:
+        node = Account.create()  # never funded
+        rpc(anvil.url, "anvil_setBalance", [node.address, "0x0"])
+        chain = connect(tmp_path, anvil.url, account=node)
+        deployment = deploy_suite(chain, [MemberInfo("hosp-a", node.address, "https://a")])
+        receipt = AuditAnchorClient(chain, deployment).anchor(10, b"\x05" * 32)
+        tx = chain.w3.eth.get_transaction(receipt.tx_hash)  # type: ignore[arg-type]
+        assert tx["maxFeePerGas"] == 0 and tx["maxPriorityFeePerGas"] == 0
+        assert chain.w3.eth.get_balance(node.address) == 0
+    finally:
+        anvil.stop()
+
+
+@pytest.mark.integration
+def test_legacy_gas_price_policy(anvil: Anvil, tmp_path: Path) -> None:
+    node = Account.create()
+    anvil.fund(node.address)
+    price = 3 * 10**9
+    chain = connect(tmp_path, anvil.url, account=node, fees=FeePolicy(gas_price=price))
+    deployment = deploy_suite(chain, [MemberInfo("hosp-a", node.address, "https://a")])
+    receipt = AuditAnchorClient(chain, deployment).anchor(1, b"\x01" * 32)
+    tx = chain.w3.eth.get_transaction(receipt.tx_hash)  # type: ignore[arg-type]
+    assert tx["type"] == 0 and tx["gasPrice"] == price
+
+
+@pytest.mark.integration
+def test_logs_are_read_in_bounded_ranges_without_losing_any(anvil: Anvil, tmp_path: Path) -> None:
+    node = Account.create()
+    anvil.fund(node.address)
+    chain = connect(tmp_path, anvil.url, account=node)
+    deployment = deploy_suite(chain, [MemberInfo("hosp-a", node.address, "https://a")])
+    client = AuditAnchorClient(chain, deployment)
+    for size in range(1, 8):
+        client.anchor(size, size.to_bytes(32, "big"))
+        rpc(anvil.url, "evm_mine")  # spread anchors over many blocks
+    narrow = Chain(chain.w3, node, log_block_range=2, rpc_url=anvil.url)
+    calls = 0
+    original = narrow.w3.eth.get_logs
+
+    def counting(params):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        assert params["toBlock"] - params["fromBlock"] < 2
+        return original(params)
+
+    narrow.w3.eth.get_logs = counting  # type: ignore[method-assign]
+    try:
+        history = AuditAnchorClient(narrow, deployment).history(node.address)
+    finally:
+        narrow.w3.eth.get_logs = original  # type: ignore[method-assign]
+    assert [s for s, _r, _b in history] == list(range(1, 8))
+    assert calls >= 7
+
+
+def test_journal_replay_keeps_block_timestamps(tmp_path: Path) -> None:
+    node, patient = Account.create(), Account.create()
+    chain = connect(tmp_path, account=node)
+    deployment = deploy_suite(chain, [MemberInfo("hosp-a", node.address, "https://a")])
+    consent = ConsentClient(chain, deployment)
+    # A signature whose deadline is met only at the original block time: replaying at a later
+    # time would revert it and silently drop the grant.
+    request = consent.request(patient.address, node.address, Purpose.TREATMENT, deadline_seconds=2)
+    consent.relay(consent.sign(patient, request))
+    head, stamp = chain.block_number(), chain.block_timestamp()
+    chain.close()
+
+    reopened = connect(tmp_path, account=node)
+    try:
+        assert reopened.block_number() == head
+        assert reopened.block_timestamp(head) == stamp
+        assert ConsentClient(reopened, deployment).nonce(patient.address) == 1
+        assert reopened.w3.eth.get_balance(node.address) == chain.w3.eth.get_balance(node.address)
+    finally:
+        reopened.close()
