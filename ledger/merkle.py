@@ -166,12 +166,13 @@ def consistency_proof(old_size: int, leaves: Sequence[bytes]) -> list[bytes]:
 
 
 def verify_inclusion(
-    index: int, size: int, leaf_hash_: bytes, proof: Sequence[bytes], root_: bytes
+    index: int, size: int, leaf_hash: bytes, proof: Sequence[bytes], root: bytes
 ) -> bool:
     """Check an audit path against a root (RFC 9162 §2.1.3.2)."""
+    # The parameter names follow the RFC (and shadow the functions of the same name here).
     if not 0 <= index < size or any(len(p) != HASH_SIZE for p in proof):
         return False
-    fn, sn, r = index, size - 1, leaf_hash_
+    fn, sn, r = index, size - 1, leaf_hash
     for p in proof:
         if sn == 0:
             return False
@@ -185,7 +186,7 @@ def verify_inclusion(
             r = node_hash(r, p)
         fn >>= 1
         sn >>= 1
-    return sn == 0 and r == root_
+    return sn == 0 and r == root
 
 
 def verify_consistency(
