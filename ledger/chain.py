@@ -288,6 +288,12 @@ class Chain:
         with self._lock, rpc_errors():
             return int(self.w3.eth.get_block(block)["timestamp"])  # type: ignore[arg-type]
 
+    def block_info(self, block: int | str = "latest") -> tuple[bytes, int]:
+        """A block's hash and timestamp (one RPC)."""
+        with self._lock, rpc_errors():
+            b = self.w3.eth.get_block(block)  # type: ignore[arg-type]
+            return bytes(b["hash"]), int(b["timestamp"])
+
     def call(self, fn: ContractFunction, block: int | str = "latest") -> Any:
         """Run a view function, decoding reverts into typed errors."""
         tx: dict[str, Any] = {} if self.account is None else {"from": self.account.address}

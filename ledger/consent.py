@@ -361,6 +361,8 @@ class ConsentCache:
         self._synced_block = -1
         self._synced_at = 0.0
         self._synced_block_time = 0
+        self._synced_hash = b""
+        self.rebuilds = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -416,8 +418,15 @@ class ConsentCache:
         if self.chain is None or self.deployment is None:
             raise ConfigurationError("this cache has no chain to sync from")
         target = self.chain.confirmed_block()
-        block_time = self.chain.block_timestamp(target)
-        start = self.deployment.block_number if self._synced_block < 0 else self._synced_block + 1
+        target_hash, block_time = self.chain.block_info(target)
+        # A reorg that replaced the block we synced to may have dropped events we applied:
+        # rebuild from the deployment block rather than keep a grant the chain no longer has.
+        rebuild = self._synced_block >= 0 and (
+            target < self._synced_block
+            or self.chain.block_info(self._synced_block)[0] != self._synced_hash
+        )
+        fresh = self._synced_block < 0 or rebuild
+        start = self.deployment.block_number if fresh else self._synced_block + 1
         logs = []
         if start <= target:
             logs = self.chain.get_logs(
@@ -427,6 +436,10 @@ class ConsentCache:
                 topics=[list(self._events)],
             )
         with self._lock:
+            if rebuild:
+                self.rebuilds += 1
+                self._grants.clear()
+                self._active_members.clear()
             for log in sorted(logs, key=lambda lg: (lg["blockNumber"], lg["logIndex"])):
                 event = self._events.get(bytes(log["topics"][0]))
                 if event is None:
@@ -448,6 +461,7 @@ class ConsentCache:
                 elif name == "MemberRemoved":
                     self.apply_member(args["account"], False)
             self.mark_synced(target, block_time=block_time)
+            self._synced_hash = target_hash
         return target
 
     def _in_force(self, key: GrantKey, now: float) -> bool:

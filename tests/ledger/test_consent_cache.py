@@ -131,3 +131,23 @@ def test_checks_survive_an_outage_until_the_staleness_bound(tmp_path: Path) -> N
         cache.stop()
     finally:
         anvil.stop()
+
+
+@pytest.mark.integration
+def test_cache_drops_a_grant_that_a_reorg_removed(anvil: Anvil, tmp_path: Path) -> None:
+    node, patient = Account.create(), Account.create()
+    anvil.fund(node.address)
+    chain = connect(tmp_path, anvil.url, account=node)
+    deployment = deploy_suite(chain, [MemberInfo("hosp-a", node.address, "https://a")])
+    consent = ConsentClient(chain, deployment)
+    cache = ConsentCache(chain, deployment)
+    consent.relay(
+        consent.sign(patient, consent.request(patient.address, node.address, Purpose.TREATMENT))
+    )
+    cache.sync()
+    assert cache.check(patient.address, node.address, Purpose.TREATMENT).permitted
+    rpc(anvil.url, "anvil_reorg", [1, []])  # the block holding the grant is replaced
+    assert not consent.is_permitted(patient.address, node.address, Purpose.TREATMENT)
+    cache.sync()
+    assert cache.rebuilds == 1
+    assert not cache.check(patient.address, node.address, Purpose.TREATMENT).permitted
