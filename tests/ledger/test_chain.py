@@ -92,3 +92,51 @@ def test_journal_replay_keeps_block_timestamps(tmp_path: Path) -> None:
         assert reopened.w3.eth.get_balance(node.address) == chain.w3.eth.get_balance(node.address)
     finally:
         reopened.close()
+
+
+def test_qbft_extra_data_is_tolerated(tmp_path: Path) -> None:
+    """A JSON-RPC node answering like Besu QBFT (97+ bytes of extraData; Besu cannot run here)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    extra = "0x" + "f8" * 160  # RLP validator list, vote, round, seals: far over 32 bytes
+    block = {
+        "number": "0x2a", "hash": "0x" + "ab" * 32, "parentHash": "0x" + "cd" * 32,
+        "nonce": "0x0000000000000000", "sha3Uncles": "0x" + "00" * 32,
+        "logsBloom": "0x" + "00" * 256, "transactionsRoot": "0x" + "00" * 32,
+        "stateRoot": "0x" + "00" * 32, "receiptsRoot": "0x" + "00" * 32,
+        "miner": "0x" + "00" * 20, "difficulty": "0x1", "totalDifficulty": "0x2a",
+        "extraData": extra, "size": "0x400", "gasLimit": "0x1c9c380", "gasUsed": "0x0",
+        "timestamp": "0x6553f100", "transactions": [], "uncles": [], "mixHash": "0x" + "63" * 32,
+        "baseFeePerGas": "0x0",
+    }  # fmt: skip
+    answers = {"eth_chainId": "0x539", "eth_blockNumber": "0x2a", "eth_getBlockByNumber": block}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            request = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            body = json.dumps(
+                {"jsonrpc": "2.0", "id": request["id"], "result": answers[request["method"]]}
+            ).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        chain = connect(tmp_path, url, account=Account.create())
+        assert chain.chain_id == 1337
+        assert chain.block_info(42) == (bytes.fromhex("ab" * 32), 0x6553F100)
+        assert chain.block_timestamp() == 0x6553F100
+    finally:
+        server.shutdown()
+        server.server_close()
