@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
@@ -53,6 +54,16 @@ class Purpose(IntEnum):
             raise ConfigurationError(
                 f"unknown purpose {text!r}: use treatment, research or ai-training"
             ) from None
+
+
+def consent_ref(patient: str, grantee: str, purpose: Purpose | int, study: bytes) -> bytes:
+    """The contract's key of a grant (keccak256(abi.encode(...))): a recordAccess consentRef."""
+    return keccak(
+        abi_encode(
+            ["address", "address", "uint8", "bytes32"],
+            [checksum(patient), checksum(grantee), int(purpose), study],
+        )
+    )
 
 
 def study_hash(study_uid: str | None) -> bytes:
@@ -481,25 +492,28 @@ class ConsentCache:
         now: float | None = None,
     ) -> ConsentDecision:
         """Whether the access is permitted now, from memory; refuses when too stale."""
-        wall = time.time()
-        age = wall - self._synced_at
-        if self._synced_block < 0 or age > self.max_age_seconds:
-            raise ConsentCacheStaleError(
-                f"consent cache last synced {age:.1f}s ago (bound {self.max_age_seconds}s)"
-            )
-        # The chain's clock may run ahead of ours (dev chains mine faster than one block a
-        # second); the contract judges at block time, so never judge earlier than that.
-        at = max(wall, self._synced_block_time) if now is None else now
         p = int(purpose)
         # Keys are lower-case hex: a lookup costs no keccak for checksumming.
         patient, grantee = patient.lower(), grantee.lower()
-        permitted = grantee in self._active_members and (
-            self._in_force((patient, grantee, p, study), at)
-            or self._in_force((patient, grantee, p, ALL_STUDIES), at)
-            or self._in_force((patient, ALL_MEMBERS, p, study), at)
-            or self._in_force((patient, ALL_MEMBERS, p, ALL_STUDIES), at)
-        )
-        return ConsentDecision(permitted, self._synced_block, age)
+        # The lock keeps a check from seeing half of a sync (a grant applied, its later
+        # revocation not yet); uncontended it costs well under a microsecond.
+        with self._lock:
+            wall = time.time()
+            age = wall - self._synced_at
+            if self._synced_block < 0 or age > self.max_age_seconds:
+                raise ConsentCacheStaleError(
+                    f"consent cache last synced {age:.1f}s ago (bound {self.max_age_seconds}s)"
+                )
+            # The chain's clock may run ahead of ours (dev chains mine faster than one block a
+            # second); the contract judges at block time, so never judge earlier than that.
+            at = max(wall, self._synced_block_time) if now is None else now
+            permitted = grantee in self._active_members and (
+                self._in_force((patient, grantee, p, study), at)
+                or self._in_force((patient, grantee, p, ALL_STUDIES), at)
+                or self._in_force((patient, ALL_MEMBERS, p, study), at)
+                or self._in_force((patient, ALL_MEMBERS, p, ALL_STUDIES), at)
+            )
+            return ConsentDecision(permitted, self._synced_block, age)
 
     def grants_of(self, patient: str) -> list[Grant]:
         """Every active grant of a patient (any validity window)."""

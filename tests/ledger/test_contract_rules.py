@@ -9,7 +9,14 @@ from eth_account.signers.local import LocalAccount
 
 from ledger.anchor import AuditAnchorClient
 from ledger.chain import Chain
-from ledger.consent import ALL_MEMBERS, ALL_STUDIES, ConsentClient, Purpose, study_hash
+from ledger.consent import (
+    ALL_MEMBERS,
+    ALL_STUDIES,
+    ConsentClient,
+    Purpose,
+    consent_ref,
+    study_hash,
+)
 from ledger.consortium import ConsortiumClient, MemberStatus, ProposalKind, ProposalStatus
 from ledger.errors import (
     ConflictError,
@@ -304,8 +311,10 @@ def test_cross_hospital_access_records_whether_consent_was_in_force(env: ChainEn
             patient, a.consent.request(patient.address, b.account.address, Purpose.TREATMENT, STUDY)
         )
     )
-    b.anchors.record_access(a.account.address, patient.address, STUDY, Purpose.TREATMENT)
+    ref = consent_ref(patient.address, b.account.address, Purpose.TREATMENT, STUDY)
+    b.anchors.record_access(a.account.address, patient.address, STUDY, Purpose.TREATMENT, ref)
     records = a.anchors.accesses(patient=patient.address)
+    assert records[-1].consent_ref == ref and records[-1].study_hash == STUDY
     assert [r.permitted for r in records] == [False, True]
     assert all(
         r.requester == b.account.address and r.provider == a.account.address for r in records
