@@ -71,6 +71,8 @@ def _fail(message: str, as_json: bool, code: int = EXIT_ERROR) -> None:
 @contextmanager
 def _errors(as_json: bool) -> Iterator[None]:
     """Typed errors become one line and exit status 2, never a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from ledger.audit_events import AuditEventError
     from ledger.audit_log import AuditLogError
     from ledger.errors import LedgerError
@@ -79,6 +81,11 @@ def _errors(as_json: bool) -> Iterator[None]:
         yield
     except (AuditEventError, AuditLogError, LedgerError, _UsageError) as exc:
         _fail(f"{type(exc).__name__}: {exc}", as_json)
+    except SQLAlchemyError as exc:
+        # The driver's first line says what failed (unreachable, refused, bad URL) without
+        # the statement or its parameters.
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        _fail(f"audit database error ({type(exc).__name__}): {reason}", as_json)
 
 
 def _emit(payload: dict[str, Any], text: str, as_json: bool) -> None:

@@ -172,7 +172,9 @@ class AuditLog:
         if pending.lead:
             self._commit_queue()
         if pending.error is not None:
-            raise AuditLogError("the audit event could not be recorded") from pending.error
+            raise AuditLogError(
+                f"the audit event could not be recorded ({type(pending.error).__name__})"
+            ) from pending.error
         return pending.index
 
     def _commit_queue(self) -> None:
@@ -204,7 +206,12 @@ class AuditLog:
         if not bodies:
             return []
         with self._commit_lock:
-            first = self._commit(bodies)
+            try:
+                first = self._commit(bodies)
+            except sa.exc.SQLAlchemyError as exc:
+                raise AuditLogError(
+                    f"the audit events could not be recorded ({type(exc).__name__})"
+                ) from exc
         return list(range(first, first + len(bodies)))
 
     def _commit(self, bodies: Sequence[bytes]) -> int:

@@ -259,3 +259,13 @@ def test_anchor_and_verify_on_anvil_with_the_log_in_postgresql(
         for f in out["findings"]
         if f["kind"] == "reordered"
     )
+
+
+def test_an_unreachable_audit_database_is_a_clear_error(tmp_path: Path) -> None:
+    from tests.ledger.conftest import free_port
+
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test"
+    result = audit("verify", "--offline", "--database", url, data_dir=tmp_path)
+    assert result.exit_code == 2
+    assert "audit database error (OperationalError)" in result.output
+    assert "Traceback" not in result.output
