@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ledger import merkle
 from ledger.audit_events import Action, AuditEvent, AuditEventError, Outcome, uid_hash
@@ -425,3 +427,25 @@ def test_processes_opening_a_fresh_log_at_once_all_succeed(backend: Backend) -> 
     assert errors == []
     assert [o.size() for o in opened] == [0, 0, 0, 0]
     assert opened[0].append(make_event(0)) == 0 and opened[3].size() == 1
+
+
+@pytest.fixture(scope="module")
+def log_of_300(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AuditLog, list[bytes]]]:
+    log = AuditLog.open(tmp_path_factory.mktemp("audit") / "audit.sqlite")
+    log.append_many(make_event(i) for i in range(300))
+    yield log, [make_event(i).canonical() for i in range(300)]
+    log.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_stored_proofs_equal_the_pure_functions_for_any_sizes(
+    log_of_300: tuple[AuditLog, list[bytes]], data: st.DataObject
+) -> None:
+    log, leaves = log_of_300
+    size = data.draw(st.integers(1, 300))
+    index = data.draw(st.integers(0, size - 1))
+    old = data.draw(st.integers(0, size))
+    assert log.root(size) == merkle.root(leaves[:size])
+    assert log.inclusion_proof(index, size) == merkle.inclusion_proof(index, leaves[:size])
+    assert log.consistency_proof(old, size) == merkle.consistency_proof(old, leaves[:size])
