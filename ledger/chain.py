@@ -89,6 +89,14 @@ def rpc_errors() -> Iterator[None]:
             raise decode_revert(tester_data) from None
         if _unavailable(exc):
             raise ChainUnavailableError(f"chain unreachable: {type(exc).__name__}") from None
+        if isinstance(exc, Web3RPCError):
+            # The node refused the request (insufficient funds, nonce too low, ...).
+            raise TransactionFailedError(f"the node refused the request: {exc.message}") from None
+        if type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("eth"):
+            # py-evm's refusal of a transaction on the embedded chain (e.g. unfunded sender).
+            raise TransactionFailedError(
+                f"the embedded chain refused the transaction: {exc}"
+            ) from None
         raise
 
 
@@ -454,6 +462,13 @@ def connect(
         from web3 import EthereumTesterProvider
 
         state = EmbeddedChainState(data_dir, funded=[account.address])
+        if account.address not in state.funded:
+            state.close()
+            raise ConfigurationError(
+                f"the embedded chain in {data_dir} was created for node account "
+                f"{state.funded[0]}, not {account.address}; restore that key or use a new "
+                "data directory"
+            )
         try:
             w3 = Web3(EthereumTesterProvider(state.tester))
             return Chain(

@@ -7,12 +7,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from ledger.errors import ERROR_CLASSES, error_table
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "contracts" / "artifacts"
 
 
+@pytest.mark.slow
 def test_recompiling_reproduces_committed_artifacts(tmp_path: Path) -> None:
     node = shutil.which("node")
     assert node, "node is required to build the contracts"

@@ -11,6 +11,7 @@ from ledger.anchor import AuditAnchorClient
 from ledger.chain import Chain, FeePolicy, connect
 from ledger.consent import ConsentClient, Purpose
 from ledger.deploy import MemberInfo, deploy_suite
+from ledger.errors import ConfigurationError, TransactionFailedError
 from tests.ledger.conftest import Anvil, rpc
 
 
@@ -140,3 +141,17 @@ def test_qbft_extra_data_is_tolerated(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.integration
+def test_node_refusals_are_typed(anvil: Anvil, tmp_path: Path) -> None:
+    broke = Account.create()  # no funds on a chain that charges gas
+    chain = connect(tmp_path, anvil.url, account=broke)
+    with pytest.raises(TransactionFailedError, match="refused"):
+        chain.send_value("0x" + "22" * 20, 1)
+
+
+def test_embedded_chain_refuses_a_foreign_node_key(tmp_path: Path) -> None:
+    connect(tmp_path, account=Account.create()).close()
+    with pytest.raises(ConfigurationError, match="was created for node account"):
+        connect(tmp_path, account=Account.create())
