@@ -214,6 +214,15 @@ class EmbeddedChainState:
         chain = self.backend.chain
         chain.header = chain.header.copy(timestamp=timestamp)
 
+    def prepare_block(self) -> None:
+        """Stamp the pending block with the current time, like a live node would.
+
+        py-evm stamps a pending block when the previous one is mined, so after an idle spell
+        block.timestamp would lag the clock and deadlines and expiries would be judged late.
+        """
+        parent = self.backend.chain.get_canonical_head()
+        self._set_next_timestamp(max(int(time.time()), int(parent.timestamp) + 1))
+
     def record(self, raw_tx: str, timestamp: int) -> None:
         """Journal a transaction that was just mined at this block timestamp."""
         self.journal.append({"raw": raw_tx, "timestamp": timestamp})
@@ -368,6 +377,8 @@ class Chain:
         if self.account is None:
             raise ConfigurationError("no signing account: this connection is read-only")
         tx = dict(tx)
+        if self.embedded is not None:
+            self.embedded.prepare_block()
         tx.setdefault("chainId", self.chain_id)
         tx["nonce"] = self.w3.eth.get_transaction_count(self.account.address, "pending")
         tx.update(self._fee_fields())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,16 @@ def test_embedded_chain_refuses_a_foreign_node_key(tmp_path: Path) -> None:
     connect(tmp_path, account=Account.create()).close()
     with pytest.raises(ConfigurationError, match="was created for node account"):
         connect(tmp_path, account=Account.create())
+
+
+def test_embedded_blocks_follow_the_clock_after_idle_time(tmp_path: Path) -> None:
+    chain = connect(tmp_path, account=Account.create())
+    try:
+        chain.send_value("0x" + "22" * 20, 1)
+        time.sleep(2.2)  # an idle node: no block mined meanwhile
+        before = int(time.time())
+        receipt = chain.send_value("0x" + "22" * 20, 1)
+        # Deadlines and expiries are judged at block time, so it must not lag the clock.
+        assert chain.block_timestamp(receipt["blockNumber"]) >= before
+    finally:
+        chain.close()
