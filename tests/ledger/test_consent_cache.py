@@ -119,13 +119,13 @@ def test_checks_survive_an_outage_until_the_staleness_bound(tmp_path: Path) -> N
         consent.relay(
             consent.sign(patient, consent.request(patient.address, node.address, Purpose.TREATMENT))
         )
-        cache = ConsentCache(chain, deployment, max_age_seconds=1.0)
+        cache = ConsentCache(chain, deployment, max_age_seconds=3.0)
         cache.start(interval=0.1)
         time.sleep(0.5)
         anvil.stop()
         # No RPC per check: the answer comes from memory while the chain is down.
         assert cache.check(patient.address, node.address, Purpose.TREATMENT).permitted
-        time.sleep(1.5)
+        time.sleep(3.5)
         with pytest.raises(ConsentCacheStaleError, match="last synced"):
             cache.check(patient.address, node.address, Purpose.TREATMENT)
         cache.stop()
