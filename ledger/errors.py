@@ -12,10 +12,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
 
-from eth_abi.abi import decode as abi_decode
-from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
-
 ARTIFACTS_DIR = Path(__file__).resolve().parent.parent / "contracts" / "artifacts"
 
 
@@ -166,6 +162,9 @@ def _abi_type(item: dict[str, Any]) -> str:
 @cache
 def error_table() -> dict[bytes, tuple[str, list[str], list[str]]]:
     """Selector → (error name, argument names, argument types) for every suite custom error."""
+    # Imported here so `pacsmesh --help` does not pay for the Ethereum libraries.
+    from eth_utils.crypto import keccak
+
     table: dict[bytes, tuple[str, list[str], list[str]]] = {}
     for path in sorted(ARTIFACTS_DIR.glob("*.json")):
         for item in json.loads(path.read_text())["abi"]:
@@ -179,6 +178,9 @@ def error_table() -> dict[bytes, tuple[str, list[str], list[str]]]:
 
 def decode_revert(data: bytes | str | None) -> LedgerError:
     """Turn revert data into the matching typed error (TransactionFailedError when unknown)."""
+    from eth_abi.abi import decode as abi_decode
+    from eth_utils.address import to_checksum_address
+
     if isinstance(data, str):
         text = data[2:] if data.startswith("0x") else data
         try:
