@@ -206,29 +206,47 @@ def ledger_status(
     as_json: AsJson = False,
     confirmations: Confirmations = 0,
 ) -> None:
-    """Show the chain, the deployment, and this node's membership and latest anchor."""
-    from ledger.anchor import AuditAnchorClient
-    from ledger.consortium import ConsortiumClient
+    """Show the chain, this node's account, and (once deployed) its membership and anchor.
 
-    with _errors(as_json), _connected(data_dir, rpc, confirmations) as (chain, deployment):
-        assert deployment is not None
-        member = ConsortiumClient(chain, deployment).member(chain.address)
-        latest = AuditAnchorClient(chain, deployment).latest(chain.address)
-        payload = {
+    Works before deployment too, so an operator can read the node account to fund it.
+    """
+    from ledger.anchor import AuditAnchorClient
+    from ledger.chain import rpc_errors
+    from ledger.consortium import ConsortiumClient
+    from ledger.deploy import DEPLOYMENT_FILE
+
+    deployed = (data_dir / DEPLOYMENT_FILE).exists()
+    with (
+        _errors(as_json),
+        _connected(data_dir, rpc, confirmations, need_deployment=deployed) as (chain, deployment),
+    ):
+        with rpc_errors():
+            balance = int(chain.w3.eth.get_balance(chain.address))  # type: ignore[arg-type]
+        payload: dict[str, Any] = {
             "chain": "embedded" if chain.is_embedded else chain.rpc_url,
             "chain_id": chain.chain_id,
             "head_block": chain.block_number(),
             "confirmed_block": chain.confirmed_block(),
             "node_account": chain.address,
-            "balance_wei": int(chain.w3.eth.get_balance(chain.address)),  # type: ignore[arg-type]
-            "member_status": member.status.name.lower(),
-            "hospital_id": member.hospital_id or None,
-            "deployment": deployment.to_json(),
-            "latest_anchor": None
-            if latest is None
-            else {"size": latest[0], "root": "0x" + latest[1].hex()},
+            "balance_wei": balance,
+            "member_status": None,
+            "hospital_id": None,
+            "deployment": None,
+            "latest_anchor": None,
         }
+        if deployment is not None:
+            member = ConsortiumClient(chain, deployment).member(chain.address)
+            latest = AuditAnchorClient(chain, deployment).latest(chain.address)
+            payload["member_status"] = member.status.name.lower()
+            payload["hospital_id"] = member.hospital_id or None
+            payload["deployment"] = deployment.to_json()
+            if latest is not None:
+                payload["latest_anchor"] = {"size": latest[0], "root": "0x" + latest[1].hex()}
         lines = [f"{k:16} {v}" for k, v in payload.items() if k != "deployment"]
+        if deployment is None:
+            lines.append(
+                "deployment       none: run `pacsmesh ledger deploy` or copy deployment.json"
+            )
         _emit(payload, "\n".join(lines), as_json)
 
 

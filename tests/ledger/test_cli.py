@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from ledger.chain import connect
 from ledger.cli import consent_app, consortium_app, ledger_app, patient_app
 from ledger.errors import ChainUnavailableError
-from ledger.keystore import ensure_node_account, generate_key_file
+from ledger.keystore import generate_key_file
 from tests.ledger.conftest import REPO_ROOT, Anvil, free_port
 
 STUDY = "1.2.826.0.1.3680043.8.498.77"
@@ -90,9 +90,17 @@ def test_consortium_vote_and_consent_over_anvil(anvil: Anvil, tmp_path: Path) ->
     runner = CliRunner()
     app = _app()
     dirs = [tmp_path / f"node-{n}" for n in "abc"]
-    accounts = [ensure_node_account(d).address for d in dirs]
-    for address in accounts:
-        anvil.fund(address)
+    accounts = []
+    for d in dirs:
+        # Before deployment, status already names the node account an operator must fund.
+        res = runner.invoke(
+            app, ["ledger", "status", "--data-dir", str(d), "--rpc", anvil.url, "--json"]
+        )
+        assert res.exit_code == 0, res.output
+        status = json.loads(res.output)
+        assert status["deployment"] is None and status["balance_wei"] == 0
+        accounts.append(status["node_account"])
+        anvil.fund(status["node_account"])
     founders = [f"hosp-b,{accounts[1]},https://b.example"]
     res = runner.invoke(
         app,
@@ -148,7 +156,7 @@ def test_consortium_vote_and_consent_over_anvil(anvil: Anvil, tmp_path: Path) ->
 def test_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
     runner = CliRunner()
     app = _app()
-    res = runner.invoke(app, ["ledger", "status", "--data-dir", str(tmp_path)])
+    res = runner.invoke(app, ["consortium", "list", "--data-dir", str(tmp_path)])
     assert res.exit_code == 2 and "NotDeployedError" in res.output
     assert "Traceback" not in res.output
     res = runner.invoke(
