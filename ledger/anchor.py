@@ -234,9 +234,10 @@ class AnchorWorker:
         """Anchor now if due (or forced and anything is unanchored); None otherwise."""
         with self._run_lock:
             try:
-                self.check_reorgs()
+                # A dropped anchor is re-submitted at once, not after the next N events or T s.
+                dropped = self.check_reorgs()
                 size = self.log.size()
-                if size <= self._anchored_size() or not (force or self.due()):
+                if size <= self._anchored_size() or not (force or dropped or self.due()):
                     return None
                 root = self.log.root(size)
                 try:

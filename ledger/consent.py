@@ -375,6 +375,7 @@ class ConsentCache:
         self._synced_hash = b""
         self.rebuilds = 0
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         if chain is not None and deployment is not None:
@@ -428,20 +429,24 @@ class ConsentCache:
         """Apply events up to the confirmed block; returns the block synced to."""
         if self.chain is None or self.deployment is None:
             raise ConfigurationError("this cache has no chain to sync from")
-        target = self.chain.confirmed_block()
-        target_hash, block_time = self.chain.block_info(target)
+        with self._sync_lock:  # one sync at a time: the background thread and callers
+            return self._sync(self.chain, self.deployment)
+
+    def _sync(self, chain: Chain, deployment: Deployment) -> int:
+        target = chain.confirmed_block()
+        target_hash, block_time = chain.block_info(target)
         # A reorg that replaced the block we synced to may have dropped events we applied:
         # rebuild from the deployment block rather than keep a grant the chain no longer has.
         rebuild = self._synced_block >= 0 and (
             target < self._synced_block
-            or self.chain.block_info(self._synced_block)[0] != self._synced_hash
+            or chain.block_info(self._synced_block)[0] != self._synced_hash
         )
         fresh = self._synced_block < 0 or rebuild
-        start = self.deployment.block_number if fresh else self._synced_block + 1
+        start = deployment.block_number if fresh else self._synced_block + 1
         logs = []
         if start <= target:
-            logs = self.chain.get_logs(
-                [self.deployment.consent_registry, self.deployment.consortium_registry],
+            logs = chain.get_logs(
+                [deployment.consent_registry, deployment.consortium_registry],
                 start,
                 target,
                 topics=[list(self._events)],

@@ -153,7 +153,7 @@ def test_reorged_anchors_are_resubmitted(anvil: Anvil, tmp_path: Path, audit_log
     chain = connect(tmp_path, anvil.url, account=node)
     deployment = deploy_suite(chain, [MemberInfo("hosp-a", node.address, "https://a")])
     client = AuditAnchorClient(chain, deployment)
-    worker = AnchorWorker(audit_log, client, every_events=3, every_seconds=60)
+    worker = AnchorWorker(audit_log, client, every_events=3, every_seconds=3600)
 
     audit_log.append_many([event(i) for i in range(3)])
     kept = worker.run_once()
@@ -168,6 +168,7 @@ def test_reorged_anchors_are_resubmitted(anvil: Anvil, tmp_path: Path, audit_log
     assert not chain.is_canonical(lost.tx_hash)
     assert client.latest(node.address) == (3, audit_log.root(3))
 
+    worker.every_events = 1000  # neither bound is due: only the reorg triggers this anchor
     resubmitted = worker.run_once()
     assert resubmitted is not None and resubmitted.tx_hash != lost.tx_hash
     assert [a.tx_hash for a in audit_log.anchors()] == [kept.tx_hash, resubmitted.tx_hash]
