@@ -487,11 +487,13 @@ def consent_list(
         cache = ConsentCache(chain, deployment)
         block = cache.sync()
         grants = cache.grants_of(checksum(patient))
-        rows = [g.to_json() for g in grants]
+        now = max(time.time(), chain.block_timestamp(block))
+        rows = [{**g.to_json(), "in_force": g.in_force(now)} for g in grants]
         payload = {"synced_block": block, "grants": rows}
         lines = [
             f"{g['purpose']:12} grantee={g['grantee']} study={g['study_hash']} "
             f"from={g['valid_from']} expires={g['expires_at']}"
+            f"{'' if g['in_force'] else ' (not in force)'}"
             for g in rows
         ] or ["no grants"]
         _emit(payload, "\n".join(lines), as_json)

@@ -151,6 +151,11 @@ def test_consortium_vote_and_consent_over_anvil(anvil: Anvil, tmp_path: Path) ->
     code, _ = run(0, "consent", "check", "--patient", patient, "--grantee", "hosp-b",
                   "--purpose", "treatment")  # fmt: skip
     assert code == 1
+    code, out = run(1, "consent", "list", "--patient", patient, "--json")
+    grants = json.loads(out)["grants"]
+    assert [(g["grantee"], g["purpose"], g["study_hash"], g["in_force"]) for g in grants] == [
+        ("all", "ai-training", "all", True)
+    ]
 
 
 def test_errors_are_one_line_with_exit_status_2(tmp_path: Path) -> None:
