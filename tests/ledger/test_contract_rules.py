@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from eth_account.signers.local import LocalAccount
@@ -18,10 +18,12 @@ from ledger.consent import (
     study_hash,
 )
 from ledger.consortium import ConsortiumClient, MemberStatus, ProposalKind, ProposalStatus
+from ledger.deploy import load_artifact
 from ledger.errors import (
     ConflictError,
     ExpiredError,
     InvalidRequestError,
+    InvalidSignatureError,
     NotFoundError,
     PermissionDeniedError,
 )
@@ -323,3 +325,33 @@ def test_cross_hospital_access_records_whether_consent_was_in_force(env: ChainEn
         b.anchors.record_access(b.account.address, patient.address, STUDY, Purpose.TREATMENT)
     with pytest.raises(NotFoundError):
         b.anchors.record_access(patient.address, patient.address, STUDY, Purpose.TREATMENT)
+
+
+def test_malformed_requests_are_refused_by_the_contracts(env: ChainEnv) -> None:
+    a, b, _c = hospitals(env)
+    patient = env.new_account()
+    with pytest.raises(InvalidRequestError) as err:
+        a.anchors.record_access(b.account.address, patient.address, STUDY, 5)
+    assert err.value.error_name == "AuditAnchorUnknownPurpose"
+
+    own = ConsentClient(env.chain_for(patient), env.deployment)  # type: ignore[arg-type]
+    raw_grant = own.contract.functions.grant(b.account.address, 9, STUDY, 0, 0)
+    with pytest.raises(InvalidRequestError) as err:
+        own.chain.transact(raw_grant)
+    assert err.value.error_name == "ConsentRegistryUnknownPurpose"
+
+    signed = a.consent.sign(
+        patient, a.consent.request(patient.address, b.account.address, Purpose.TREATMENT)
+    )
+    with pytest.raises(InvalidSignatureError) as sig_err:
+        a.consent.relay(replace(signed, v=29))
+    assert sig_err.value.error_name == "ConsentRegistryInvalidSignature"
+
+    with pytest.raises(InvalidRequestError) as err:
+        a.registry.propose(ProposalKind.ADD, env.new_account().address, "", "https://x")
+    assert err.value.error_name == "ConsortiumRegistryInvalidMember"
+
+    artifact = load_artifact("ConsortiumRegistry")
+    with pytest.raises(InvalidRequestError) as err:
+        env.deployer.deploy(artifact["abi"], artifact["bytecode"], [], 3600)
+    assert err.value.error_name == "ConsortiumRegistryNoFounders"
