@@ -142,6 +142,9 @@ def test_duplicate_member_and_hospital_id_are_refused(env: ChainEnv) -> None:
     with pytest.raises(ConflictError) as err:
         a.registry.propose(ProposalKind.ADD, env.new_account().address, "hosp-1", "https://dup")
     assert err.value.error_name == "ConsortiumRegistryHospitalIdTaken"
+    with pytest.raises(NotFoundError) as missing:
+        a.registry.propose(ProposalKind.REMOVE, env.new_account().address)
+    assert missing.value.error_name == "ConsortiumRegistryUnknownMember"
 
 
 def test_removed_member_can_no_longer_write_anywhere(env: ChainEnv) -> None:
