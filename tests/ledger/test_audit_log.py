@@ -449,3 +449,45 @@ def test_stored_proofs_equal_the_pure_functions_for_any_sizes(
     assert log.root(size) == merkle.root(leaves[:size])
     assert log.inclusion_proof(index, size) == merkle.inclusion_proof(index, leaves[:size])
     assert log.consistency_proof(old, size) == merkle.consistency_proof(old, leaves[:size])
+
+
+WRITER = """
+import sys
+from tests.ledger.test_audit_log import make_event
+from ledger.audit_log import AuditLog
+log = AuditLog.open(sys.argv[1], table_prefix=sys.argv[2])
+first = int(sys.argv[3])
+for i in range(first, first + 200):
+    log.append(make_event(i))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_appending_keep_the_log_dense_and_consistent(backend: Backend) -> None:
+    import subprocess
+    import sys
+
+    log = backend.open()  # creates the tables before the writers race
+    root_dir = Path(__file__).resolve().parents[2]
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, backend.url, backend.prefix, str(first)],
+            cwd=root_dir,
+            env={"PYTHONPATH": str(root_dir), "PATH": "/usr/bin:/bin"},
+            stderr=subprocess.PIPE,
+        )
+        for first in (0, 1000)
+    ]
+    for w in writers:
+        _, err = w.communicate(timeout=120)
+        assert w.returncode == 0, err.decode()
+    assert log.size() == 240
+    leaves = stored_leaves(log)
+    position = {body: index for index, body in enumerate(leaves)}
+    for first in (0, 1000):
+        # Every event of each writer is there once, in the order that writer appended them.
+        order = [position[make_event(i).canonical()] for i in range(first, first + 120)]
+        assert order == sorted(order)
+    assert len(position) == 240
+    assert log.root() == merkle.root(leaves)
+    assert log.verify([(240, merkle.root(leaves))]) == []
