@@ -457,7 +457,7 @@ from tests.ledger.test_audit_log import make_event
 from ledger.audit_log import AuditLog
 log = AuditLog.open(sys.argv[1], table_prefix=sys.argv[2])
 first = int(sys.argv[3])
-for i in range(first, first + 200):
+for i in range(first, first + 120):
     log.append(make_event(i))
 """
 
