@@ -5,13 +5,18 @@ from __future__ import annotations
 import base64
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from node.errors import InvalidRequestError, NotFoundError
 from node.services.dicom_json import (
@@ -21,6 +26,7 @@ from node.services.dicom_json import (
     rebase_bulkdata,
     to_dicom_json,
 )
+from node.services.json_values import fast_json, text_codec
 from tests.node.test_imaging_samples import dicom_file_bytes, make_image, read, sample_bytes
 
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
@@ -195,3 +201,58 @@ def test_json_cached_with_paths_rebases_to_request_uris() -> None:
 
 def test_parse_path() -> None:
     assert parse_path("00540016/0/00181072") == [0x00540016, 0, 0x00181072]
+
+
+_FAST_VRS = [
+    "AE",
+    "AS",
+    "CS",
+    "DA",
+    "DT",
+    "TM",
+    "UI",
+    "SH",
+    "LO",
+    "UC",
+    "ST",
+    "LT",
+    "UT",
+    "IS",
+    "DS",
+]
+_ALPHABET = st.sampled_from(list(" \\\x00.+-eE0123456789ABCabc^=é"))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.sampled_from(_FAST_VRS),
+    st.text(_ALPHABET, max_size=24),
+    st.sampled_from([["iso8859"], ["latin_1"], ["utf_8"]]),
+)
+def test_fast_string_values_match_pydicom(vr: str, text: str, encodings: list[str]) -> None:
+    """Raw string values read directly give exactly pydicom's JSON, or are left to pydicom."""
+    codec = text_codec(encodings)
+    value = text.encode(codec or "latin_1", errors="replace")
+    if len(value) % 2:
+        value += b" "
+    check_fast_against_pydicom(vr, value, encodings)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["US", "SS", "UL", "SL", "FL", "FD", "SV", "UV"]), st.binary(max_size=24))
+def test_fast_binary_values_match_pydicom(vr: str, value: bytes) -> None:
+    check_fast_against_pydicom(vr, value, ["iso8859"])
+
+
+def check_fast_against_pydicom(vr: str, value: bytes, encodings: list[str]) -> None:
+    raw = RawDataElement(Tag(0x00091010), vr, len(value), value, 0, False, True)
+    ours = fast_json(raw, text_codec(encodings))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = convert_raw_data_element(raw, encoding=encodings).to_json_dict(None, 0)
+    except Exception:
+        return  # pydicom refuses the value; the fast path may still read it
+    if ours is not None:
+        assert ours == theirs
+        assert json.loads(json.dumps(ours)) == json.loads(json.dumps(theirs))
