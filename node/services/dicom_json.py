@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pydicom.datadict import dictionary_has_tag
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
@@ -79,6 +79,8 @@ def _walk(ds: Dataset, prefix: str, uri: BulkDataURI | None, limit: int) -> dict
                     # Decided from the encoded length: a large or deferred value is never read.
                     out[key] = {"vr": str(raw.VR), "BulkDataURI": uri(prefix + key)}
                     continue
+                if raw.VR is None and little:
+                    raw = _with_dictionary_vr(raw)
                 fast = fast_json(raw, codec) if little else None
                 if fast is not None:
                     out[key] = fast
@@ -87,6 +89,17 @@ def _walk(ds: Dataset, prefix: str, uri: BulkDataURI | None, limit: int) -> dict
         except (*DECODE_ERRORS_ALL, OSError) as exc:
             logger.warning("element %s left out of DICOM JSON: %s", key, type(exc).__name__)
     return out
+
+
+def _with_dictionary_vr(raw: RawDataElement) -> RawDataElement:
+    """An implicit-VR raw element given its dictionary VR, as pydicom would when parsing it.
+
+    Private, unknown and ambiguous ("US or SS") tags keep no VR and go the pydicom way.
+    """
+    if raw.tag.is_private or not dictionary_has_tag(raw.tag):
+        return raw
+    vr = dictionary_VR(raw.tag)
+    return raw if " or " in vr else raw._replace(VR=vr)
 
 
 def _raw_bulk(raw: RawDataElement, limit: int) -> bool:
