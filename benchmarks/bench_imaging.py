@@ -24,7 +24,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from node.services.dicom_json import to_dicom_json
+from node.services.dicom_json import bulkdata_paths, rebase_bulkdata, to_dicom_json
 from node.services.frames import frames
 from node.services.render import render, thumbnail
 from node.services.syntaxes import Representation
@@ -33,6 +33,7 @@ from node.services.transcode import transcode
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 EXPLICIT = "1.2.840.10008.1.2.1"
 IMPLICIT = "1.2.840.10008.1.2"
+BASE = "http://127.0.0.1:8080/dicom-web/studies/1/series/2/instances/3/bulkdata/"
 DECODED = Representation("application/octet-stream", EXPLICIT, True)
 
 
@@ -112,10 +113,13 @@ def main() -> None:
             ),
             "thumbnail": partial(thumbnail, ds),
             "parse + metadata (JSON)": partial(metadata, data),
+            "rebase cached metadata": partial(
+                rebase_bulkdata, to_dicom_json(ds, bulkdata_uri=bulkdata_paths), BASE
+            ),
         }
         for op, action in ops.items():
             wall, cpu = median_ms(action, repeat)
-            print(f"| {name:36} | {len(data) // 1024:>6} | {op:28} | {wall:>8.1f} | {cpu:>8.1f} |")
+            print(f"| {name:36} | {len(data) // 1024:>6} | {op:28} | {wall:>8.2f} | {cpu:>8.2f} |")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pydicom.datadict import dictionary_has_tag
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from node.errors import InvalidRequestError, NotFoundError
+from node.services.json_values import fast_json, text_codec
 from node.services.pixels import (
     DECODE_ERRORS_ALL,
     PIXEL_DATA_TAGS,
@@ -66,18 +67,39 @@ PIXEL_KEY = "7FE00010"
 def _walk(ds: Dataset, prefix: str, uri: BulkDataURI | None, limit: int) -> dict[str, Any]:
     """Elements of `ds`; binary values over `limit` bytes become URIs under `prefix`."""
     out: dict[str, Any] = {}
+    # Raw values can be read directly only when little endian and in a simple character set.
+    codec = text_codec(ds._character_set) if ds.original_encoding[1] else None
+    little = ds.original_encoding[1] is True
     for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset yields elements)
         key = f"{int(tag):08X}"
         try:
             raw = ds.get_item(tag, keep_deferred=True)
-            if uri is not None and isinstance(raw, RawDataElement) and _raw_bulk(raw, limit):
-                # Decided from the encoded length: a large or deferred value is never read.
-                out[key] = {"vr": str(raw.VR), "BulkDataURI": uri(prefix + key)}
-                continue
+            if isinstance(raw, RawDataElement):
+                if uri is not None and _raw_bulk(raw, limit):
+                    # Decided from the encoded length: a large or deferred value is never read.
+                    out[key] = {"vr": str(raw.VR), "BulkDataURI": uri(prefix + key)}
+                    continue
+                if raw.VR is None and little:
+                    raw = _with_dictionary_vr(raw)
+                fast = fast_json(raw, codec) if little else None
+                if fast is not None:
+                    out[key] = fast
+                    continue
             out[key] = _element(ds[tag], prefix + key, uri, limit)
         except (*DECODE_ERRORS_ALL, OSError) as exc:
             logger.warning("element %s left out of DICOM JSON: %s", key, type(exc).__name__)
     return out
+
+
+def _with_dictionary_vr(raw: RawDataElement) -> RawDataElement:
+    """An implicit-VR raw element given its dictionary VR, as pydicom would when parsing it.
+
+    Private, unknown and ambiguous ("US or SS") tags keep no VR and go the pydicom way.
+    """
+    if raw.tag.is_private or not dictionary_has_tag(raw.tag):
+        return raw
+    vr = dictionary_VR(raw.tag)
+    return raw if " or " in vr else raw._replace(VR=vr)
 
 
 def _raw_bulk(raw: RawDataElement, limit: int) -> bool:
