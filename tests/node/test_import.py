@@ -17,6 +17,9 @@ import pytest
 from dicomweb_client import DICOMwebClient
 from pydicom.data import get_testdata_files
 
+from node.services.archive import Archive
+from node.services.store import store_bytes
+from node.settings import NodeSettings
 from tests.conftest import REPO_ROOT, SHARED_DATA
 from tests.node.conftest import free_port, start_node
 from tests.node.opshelpers import orthanc_start, orthanc_stop, split_multipart, wado_instance
@@ -100,36 +103,55 @@ def test_import_copies_every_instance_byte_identical(
 ) -> None:
     source = orthanc_files(orthanc)
     assert len(source) >= 30, "Orthanc should hold the real files and pydicom's samples"
+    # The node already holds another version of one instance (same SOP Instance UID, different
+    # content): the duplicate policy refuses to overwrite it, so the import must report that
+    # instance with its reason, keep the node's copy, and still copy everything else.
+    conflict = sorted(source)[0]
+    ours = bytearray(source[conflict])
+    ours[-1] ^= 0xFF
     data_dir = tmp_path / "node"
+    archive = Archive.open(NodeSettings(data_dir=data_dir))
+    try:
+        assert store_bytes(archive, bytes(ours)).created
+    finally:
+        archive.close()
+    refused = {conflict}
+    accepted = {sop: raw for sop, raw in source.items() if sop not in refused}
 
     first = run_import(orthanc, data_dir)
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == 1, first.stderr
     report = json.loads(first.stdout)
     studies = {str(_header(raw).StudyInstanceUID) for raw in source.values()}
+    refused_studies = {str(_header(source[sop]).StudyInstanceUID) for sop in refused}
     assert report["studies_found"] == len(studies)
-    assert report["studies_complete"] == len(studies)
-    assert report["instances_stored"] == len(source)
+    assert report["studies_complete"] == len(studies - refused_studies)
+    assert report["instances_stored"] == len(accepted)
     assert report["instances_already_present"] == 0
-    assert report["failed"] == 0
+    assert report["failed"] == len(refused)
+    assert {f["sop_instance_uid"] for f in report["failures"]} == refused
+    assert all(
+        "0111" in f["reason"] and "different content" in f["reason"] for f in report["failures"]
+    )
 
     # Re-running is a no-op: everything is already there, nothing is stored twice.
     again = run_import(orthanc, data_dir)
-    assert again.returncode == 0, again.stderr
     report = json.loads(again.stdout)
     assert report["instances_stored"] == 0
-    assert report["instances_already_present"] == len(source)
+    assert report["instances_already_present"] == len(accepted)
+    assert report["failed"] == len(refused)
+    expected = {**accepted, conflict: bytes(ours)}
 
     node = start_node(data_dir)
     try:
         with httpx.Client(timeout=60) as client:
-            for sop, original in source.items():
+            for sop, original in expected.items():
                 ds = _header(original)
                 reply = wado_instance(
                     client, node.dicomweb, ds.StudyInstanceUID, ds.SeriesInstanceUID, sop
                 )
                 assert reply.status_code == 200, sop
                 parts = split_multipart(reply.headers["content-type"], reply.content)
-                assert parts == [original], f"{sop} differs from Orthanc's copy"
+                assert parts == [original], f"{sop} is not the expected copy"
     finally:
         node.stop()
     assert_no_plaintext.append((data_dir, []))
