@@ -23,7 +23,6 @@ from node.api.dicomweb.multipart import new_boundary
 from node.errors import NotFoundError
 from node.services import imaging, retrieve
 from node.services.archive import Archive
-from node.services.frames import all_frames
 from node.services.metadata import instance_metadata
 from node.services.syntaxes import Representation
 from node.storage.records import InstanceRow
@@ -214,7 +213,7 @@ async def retrieve_bulkdata(
     accept = request.headers.get("accept")
     if path.strip("/").upper() in ("7FE00010", "7FE00008", "7FE00009"):
         plan = media.negotiate_pixel_data(accept, row.transfer_syntax_uid)
-        payloads = await _with_dataset(archive, row, lambda ds: all_frames(ds, plan))
+        payloads = await _with_dataset(archive, row, lambda ds: imaging.all_frames(ds, plan))
         return _payload_response(payloads, plan)
     plan = media.negotiate_bulkdata(accept)
     value = await _with_dataset(archive, row, lambda ds: imaging.bulkdata(ds, path))
