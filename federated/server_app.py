@@ -130,6 +130,8 @@ def run_federation(
                 num_shares=min(run.secagg_num_shares, len(node_ids)),
                 threshold=run.secagg_threshold,
                 clipping_range=run.secagg_clipping_range,
+                quantization_range=run.secagg_quantization_range,
+                max_weight=run.secagg_max_weight,
                 timeout=run.round_timeout,
             )
         else:

@@ -7,9 +7,15 @@ seed is secret-shared among its neighbours, so dropped sites can still be unmask
 Flower implements the protocol as a legacy-strategy workflow (``SecAggPlusWorkflow``) and a
 client mod (``secaggplus_mod``). This module adapts them to pacsmesh's Message-API round loop:
 one SecAgg+ training round at a time, with the round's model, config and sites chosen by the
-ServerApp. Sites send their *update* (local - global), not their weights: updates are small, so
-the protocol's clipping range (+-8 by default) never bites and quantisation error stays ~1e-6.
+ServerApp. Sites send their *update* (local - global), not their weights.
+
+Precision: a site multiplies its update by its weight ``w = num_examples / max_weight`` and the
+protocol clips ``w * update`` to +-clipping_range and quantises it to ``quantization_range``
+levels; the server divides the unmasked sum by the total weight. The error per parameter is
+about ``2 * clipping_range / quantization_range / sum(w)`` (~1e-6 with the defaults and a few
+dozen examples per site). The modulus (2**32) bounds the sum: with 2**24 levels up to 256 sites.
 """
+
 
 from __future__ import annotations
 
@@ -42,11 +48,6 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from federated.strategies.base import SiteReport
-
-# The weight of each site in the masked sum is num_examples / MAX_WEIGHT, quantised; it must
-# stay <= 1, so this bounds the examples one site may train on per round.
-MAX_WEIGHT = 100_000.0
-
 
 def optional_secaggplus_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
     """Run Flower's SecAgg+ client mod only for SecAgg+ protocol messages.
@@ -129,6 +130,8 @@ def secagg_train_round(
     num_shares: int,
     threshold: int,
     clipping_range: float,
+    quantization_range: int,
+    max_weight: float,
     timeout: float,
 ) -> tuple[ArrayRecord | None, list[SiteReport], list[int]]:
     """Run one SecAgg+ training round; return the new global arrays and per-site reports.
@@ -154,15 +157,21 @@ def secagg_train_round(
     legacy.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord(
         {k: Array(v.numpy()) for k, v in arrays.items()}
     )
-    # The workflow only reads the legacy params record; a stale aggregate must not survive.
     workflow = SecAggPlusWorkflow(
         num_shares=num_shares,
         reconstruction_threshold=threshold,
-        max_weight=MAX_WEIGHT,
+        max_weight=max_weight,
         clipping_range=clipping_range,
+        quantization_range=quantization_range,
         timeout=timeout,
     )
-    workflow(grid, legacy)
+    try:
+        workflow(grid, legacy)
+    finally:
+        # The legacy records live in the shared server context; do not leak them into the next
+        # round (a stale aggregate would survive a failed round).
+        legacy.state.config_records.pop(MAIN_CONFIGS_RECORD, None)
+        legacy.state.array_records.pop(MAIN_PARAMS_RECORD, None)
 
     reports = [
         SiteReport(
