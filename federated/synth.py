@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from federated.task import FINDINGS
 
@@ -198,12 +200,12 @@ def _draw(c: _Canvas, labels: np.ndarray) -> np.ndarray:
         lung_density += 0.22 * pleural_line
     if labels[j["fibrosis"]]:
         warp = c.smooth_noise(10) * 0.02
-        freq = 55.0
+        freq = 42.0
         net = np.maximum(
             c.band(np.sin(freq * (c.x + warp)), 0.35), c.band(np.sin(freq * (c.y - warp)), 0.35)
         )
         zone = np.clip((c.y - 0.35) / 0.2, 0, 1)  # basal predominance, as in UIP
-        lung_density += 0.16 * net * zone * (0.6 + 0.4 * np.abs(c.smooth_noise(6)))
+        lung_density += 0.24 * net * zone * (0.6 + 0.4 * np.abs(c.smooth_noise(6)))
     if labels[j["consolidation"]]:
         side = int(rng.integers(2))
         cx = anat.lung_cx[side] + jit(0.04)
@@ -228,8 +230,8 @@ def _draw(c: _Canvas, labels: np.ndarray) -> np.ndarray:
         side = int(rng.integers(2))
         cx = anat.lung_cx[side] + jit(0.07)
         cy = float(rng.uniform(0.25, 0.55))
-        radius = float(rng.uniform(0.025, 0.04))
-        lung_density += 0.32 * c.soft(c.ellipse(cx, cy, radius, radius), 0.35) * lungs[side]
+        radius = float(rng.uniform(0.032, 0.048))
+        lung_density += 0.42 * c.soft(c.ellipse(cx, cy, radius, radius), 0.25) * lungs[side]
     if labels[j["calcification"]]:
         side = int(rng.integers(2))
         cx = anat.lung_cx[side] + jit(0.06)
@@ -297,8 +299,8 @@ def _draw(c: _Canvas, labels: np.ndarray) -> np.ndarray:
         cx = anat.lung_cx[side]
         for k in range(9):
             y0 = anat.lung_top + 0.02 + k * 0.058
-            curve = y0 + 0.09 * ((c.x - (0.5 + sign * 0.02)) * sign - 0.02) ** 2 * 6
-            curve = curve - 0.04 * ((c.x - 0.5) * sign).clip(0, None)
+            # Posterior rib: rises from the spine, then sweeps down to the lateral wall.
+            curve = y0 + 1.6 * ((c.x - 0.5) * sign - 0.1) ** 2 - 0.016
             arc = c.band(c.y - curve, 0.012) * (np.abs(c.x - cx) < anat.lung_ax[side] * 1.3)
             bone += 0.13 * arc * ((c.x - 0.5) * sign > 0.03)
         clavicle = c.band(c.y - (0.1 + 0.12 * np.abs(c.x - 0.5) - 0.0), 0.016)
@@ -341,7 +343,10 @@ def render(
 
 
 def _uid(*parts: object) -> UID:
-    return UID(generate_uid(prefix=None, entropy_srcs=["pacsmesh-synth", *map(str, parts)]))
+    """A deterministic UID under 2.25 (PS3.5 B.2: a UUID as an integer), name-based like
+    UUID v5 but over SHA-256, so the same (seed, site, index) always gets the same UID."""
+    digest = hashlib.sha256("/".join(["pacsmesh-synth", *map(str, parts)]).encode()).digest()
+    return UID(f"2.25.{uuid.UUID(bytes=digest[:16], version=5).int}")
 
 
 def make_dataset(
