@@ -81,7 +81,7 @@ def split_records(
     order = np.random.default_rng(seed).permutation(len(groups))
     n = len(groups)
     n_test = _portion(n, test_fraction)
-    n_val = _portion(n - n_test, val_fraction) if n - n_test > 1 else 0
+    n_val = min(_portion(n, val_fraction), max(0, n - n_test - 1))
     shuffled = [groups[i] for i in order]
     test = set(shuffled[n - n_test :])
     val = set(shuffled[n - n_test - n_val : n - n_test])

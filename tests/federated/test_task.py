@@ -109,7 +109,10 @@ def test_weights_round_trip_and_hash(synth_sites: list[Path]) -> None:
 
 
 def test_model_hash_is_canonical() -> None:
-    w = [np.arange(6, dtype=np.float32).reshape(2, 3), np.array(3, dtype=np.int64)]
+    w: list[np.ndarray] = [
+        np.arange(6, dtype=np.float32).reshape(2, 3),
+        np.array(3, dtype=np.int64),
+    ]
     h = model_hash(w)
     assert len(h) == 64 and int(h, 16) >= 0
     assert model_hash([x.copy() for x in w]) == h
