@@ -36,10 +36,14 @@ def presentation_array(ds: pydicom.Dataset) -> np.ndarray:
         raw = raw[0]
     if raw.ndim != 2:
         raise ImageDecodeError(f"expected a 2-D image, got shape {raw.shape}")
-    values = apply_modality_lut(raw, ds).astype(np.float64)
-    has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
-    if has_voi:
-        values = apply_voi_lut(values, ds, index=0, prefer_lut=True).astype(np.float64)
+    values = apply_modality_lut(raw, ds)
+    if "VOILUTSequence" in ds:
+        # A VOI LUT is indexed by the (integer) modality output; pydicom refuses floats.
+        values = np.round(values).astype(np.int64) if values.dtype.kind == "f" else values
+        values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        values = apply_voi_lut(values.astype(np.float64), ds, index=0)
+    values = np.asarray(values, dtype=np.float64)
     out = _rescale01(values)
     if photometric == "MONOCHROME1":
         out = 1.0 - out
@@ -82,7 +86,9 @@ def normalize(img: np.ndarray) -> np.ndarray:
     """Zero mean, unit standard deviation per image (a flat image becomes all zeros)."""
     img = img.astype(np.float32)
     std = float(img.std())
-    return ((img - float(img.mean())) / (std if std > 1e-6 else 1.0)).astype(np.float32)
+    if std < 1e-6:
+        return np.zeros_like(img)
+    return ((img - float(img.mean())) / std).astype(np.float32)
 
 
 def to_model_input(img: np.ndarray, size: int) -> np.ndarray:
