@@ -108,6 +108,7 @@ def run_federation(
         run_log.truncate_after(start)
 
     strategy = build_strategy(run)
+    site_names: dict[int, str] = {}
     result = FederationResult(run_id=run_id, resumed_from=start, final_arrays=arrays)
     for server_round in range(start + 1, run.num_server_rounds + 1):
         started = time.perf_counter()
@@ -140,9 +141,10 @@ def run_federation(
             replies = grid.send_and_receive(messages, timeout=run.round_timeout)
             new_arrays, _ = strategy.aggregate_train(server_round, replies)
             train_reports = strategy.last_train_reports
-            failed_ids = strategy.last_train_failures
+            # An error reply for a vanished node comes from the SuperLink itself, so the sites
+            # that dropped out are those sent a message that sent no result back.
             sent = {m.metadata.dst_node_id for m in messages}
-            failed_ids = sorted(set(failed_ids) | (sent - {r.node_id for r in train_reports}))
+            failed_ids = sorted(sent - {r.node_id for r in train_reports})
         if new_arrays is None or len(train_reports) < run.min_train_nodes:
             raise RoundFailedError(
                 f"round {server_round}: {len(train_reports)} site(s) replied, "
@@ -150,6 +152,7 @@ def run_federation(
             )
         arrays = new_arrays
         trained = time.perf_counter()
+        site_names.update({r.node_id: r.site_id for r in train_reports})
 
         eval_messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
         eval_replies = grid.send_and_receive(eval_messages, timeout=run.round_timeout)
@@ -164,7 +167,7 @@ def run_federation(
             model=run.model,
             model_sha256=arrays_hash(arrays),
             participants=[r.site_id for r in train_reports],
-            dropped=[f"node-{n}" for n in failed_ids],
+            dropped=[site_names.get(n, f"node-{n}") for n in failed_ids],
             site_metrics=_site_metrics(train_reports, eval_reports),
             global_metrics=global_metrics(eval_reports),
             privacy=_privacy(run, train_reports),
