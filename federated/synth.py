@@ -205,19 +205,19 @@ def _draw(c: _Canvas, labels: np.ndarray) -> np.ndarray:
             c.band(np.sin(freq * (c.x + warp)), 0.35), c.band(np.sin(freq * (c.y - warp)), 0.35)
         )
         zone = np.clip((c.y - 0.35) / 0.2, 0, 1)  # basal predominance, as in UIP
-        lung_density += 0.24 * net * zone * (0.6 + 0.4 * np.abs(c.smooth_noise(6)))
+        lung_density += 0.28 * net * zone * (0.6 + 0.4 * np.abs(c.smooth_noise(6)))
     if labels[j["consolidation"]]:
         side = int(rng.integers(2))
         cx = anat.lung_cx[side] + jit(0.04)
         cy = float(rng.uniform(0.45, 0.6))
-        region = c.soft(c.ellipse(cx, cy, 0.09 + jit(0.02), 0.08 + jit(0.02)), 0.4)
+        region = c.soft(c.ellipse(cx, cy, 0.11 + jit(0.02), 0.10 + jit(0.02)), 0.4)
         patch = np.clip(0.6 + 0.5 * c.smooth_noise(16), 0, 1) * region * lungs[side]
         # Air bronchograms: dark branching tubes within the opacity, radiating from the hilum.
         hx, hy = hilum[side]
         angle = np.arctan2(c.y - hy, c.x - hx)
         base = float(np.arctan2(cy - hy, cx - hx))
         tubes = sum(c.band(np.sin(angle - base - off), 0.05) for off in (-0.25, 0.0, 0.25))
-        lung_density += 0.38 * patch * (1 - 0.7 * np.clip(tubes, 0, 1))
+        lung_density += 0.45 * patch * (1 - 0.7 * np.clip(tubes, 0, 1))
     if labels[j["atelectasis"]]:
         side = atel_side
         cx = anat.lung_cx[side]
@@ -225,7 +225,7 @@ def _draw(c: _Canvas, labels: np.ndarray) -> np.ndarray:
         y0 = anat.dome_y[side] - float(rng.uniform(0.07, 0.13))
         line = c.band(c.y - (y0 + slope * (c.x - cx)), 0.018 + jit(0.004))
         wedge = c.soft(c.ellipse(cx + (0.06 if side == 0 else -0.06), y0 + 0.03, 0.08, 0.05), 0.5)
-        lung_density += (0.30 * line + 0.12 * wedge) * lungs[side]
+        lung_density += (0.35 * line + 0.15 * wedge) * lungs[side]
     if labels[j["nodule"]]:
         side = int(rng.integers(2))
         cx = anat.lung_cx[side] + jit(0.07)
