@@ -182,3 +182,26 @@ def test_bearer_token_is_sent_and_a_refusal_is_reported(stored_site: Path) -> No
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.integration
+def test_real_jpeg2000_chest_cr_round_trips_through_the_archive(
+    orthanc: str, shared_data: Path, tmp_path: Path
+) -> None:
+    real = pydicom.dcmread(shared_data / "chest-cr-philips-j2k.dcm")
+    DICOMwebClient(orthanc).store_instances([real])
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["sop_instance_uid", "cardiomegaly"])
+        writer.writerow([real.SOPInstanceUID, "1"])
+    options = SourceOptions(labels=labels, cache_dir=tmp_path / "cache")
+    records = open_source(f"dicomweb:{orthanc}", options)
+    assert [r.key for r in records] == [real.SOPInstanceUID]
+    image = records[0].load()
+    assert max(image.shape) == 1024  # capped before caching
+    assert np.isnan(records[0].labels).sum() == 8 and records[0].labels[1] == 1
+    from federated.preprocess import presentation_array, resize
+
+    expected = resize(presentation_array(real), 1024)
+    np.testing.assert_allclose(image, expected, atol=2e-3)
