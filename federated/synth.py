@@ -32,7 +32,7 @@ IMPLEMENTATION_UID = UID(
     "1.2.826.0.1.3680043.8.498.1"
 )  # pydicom's root; ours is "2.25." per instance
 _BASE_PREVALENCE = 0.30
-_RARE_PREVALENCE = 0.05
+_RARE_PREVALENCE = 0.10
 
 
 class SynthError(ValueError):
