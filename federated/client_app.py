@@ -86,6 +86,11 @@ def _save_local_bn(model: nn.Module, state_dir: Path) -> None:
     tmp.replace(state_dir / BN_STATE_FILE)
 
 
+def _apply_threads(node: NodeSettings) -> None:
+    if node.torch_threads > 0 and torch.get_num_threads() != node.torch_threads:
+        torch.set_num_threads(node.torch_threads)
+
+
 def _site_record(node: NodeSettings) -> ConfigRecord:
     return ConfigRecord({"site-id": node.site_id})
 
@@ -97,6 +102,7 @@ def train(msg: Message, context: Context) -> Message:
 
     run = RunSettings.from_run_config(context.run_config)
     node = NodeSettings.from_node_config(context.node_config, context.node_id)
+    _apply_threads(node)
     secagg_in = fitins_arrays(msg)
     if secagg_in is not None:
         global_list, config = secagg_in
@@ -170,6 +176,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
     run = RunSettings.from_run_config(context.run_config)
     node = NodeSettings.from_node_config(context.node_config, context.node_id)
+    _apply_threads(node)
     arrays = msg.content.array_records["arrays"]
     config = msg.content.config_records["config"]
     model = _model_with(run, [(k, v.numpy()) for k, v in arrays.items()])

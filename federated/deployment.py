@@ -243,3 +243,23 @@ def _last_line(done: subprocess.CompletedProcess[str]) -> str:
     lines = [line.strip(" │╭╮╰╯─") for line in text.splitlines()]
     lines = [line for line in lines if line and not line.startswith("Using SuperLink")]
     return " ".join(lines[-6:]) if lines else f"exit code {done.returncode}"
+
+
+def parse_run_config(text: str) -> dict[str, str | int | float | bool]:
+    """Parse ``k1=v1 k2='v2'`` (TOML values) as ``flwr run --run-config`` does."""
+    import tomllib
+
+    if not text.strip():
+        return {}
+    import shlex
+
+    values: dict[str, str | int | float | bool] = {}
+    for item in shlex.split(text, posix=False):
+        if "=" not in item:
+            raise DeploymentError(f"run config item {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        try:
+            values[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            raise DeploymentError(f"run config value for {key} is not TOML: {raw}") from exc
+    return values

@@ -110,6 +110,8 @@ class NodeSettings:
     site_id: str
     data_source: str
     state_dir: Path
+    # torch intra-op threads for this site's ClientApp (0 = torch's default: all cores).
+    torch_threads: int = 0
 
     @classmethod
     def from_node_config(cls, config: Mapping[str, Any], node_id: int) -> NodeSettings:
@@ -123,7 +125,11 @@ class NodeSettings:
         site_id = str(config.get("site-id", "")).strip() or f"node-{node_id}"
         state_dir = str(config.get("state-dir", "")).strip()
         base = Path(state_dir) if state_dir else Path.home() / ".pacsmesh" / "federated" / site_id
-        return cls(site_id=site_id, data_source=source, state_dir=base)
+        try:
+            threads = int(config.get("torch-threads", 0))
+        except (TypeError, ValueError) as exc:
+            raise FederatedConfigError("torch-threads must be an integer") from exc
+        return cls(site_id=site_id, data_source=source, state_dir=base, torch_threads=threads)
 
 
 def _coerce(key: str, raw: Any, kind: type) -> Any:
