@@ -149,5 +149,6 @@ def _coerce(key: str, raw: Any, kind: type) -> Any:
         if kind is float:
             return float(raw)
     except (TypeError, ValueError) as exc:
-        raise FederatedConfigError(f"{key} must be a {kind.__name__}, got {raw!r}") from exc
+        noun = "an integer" if kind is int else "a number"
+        raise FederatedConfigError(f"{key} must be {noun}, got {raw!r}") from exc
     return str(raw)
