@@ -228,8 +228,12 @@ def superlink(
     key: Annotated[Path, typer.Option(help="SuperLink TLS private key (PEM)")],
     fleet_address: Annotated[str, typer.Option(help="Where sites connect")] = "0.0.0.0:9092",
     control_address: Annotated[str, typer.Option(help="Where operators connect")] = "0.0.0.0:9093",
-    serverappio_address: Annotated[str, typer.Option(help="Local ServerApp API")] = "127.0.0.1:9091",
-    database: Annotated[Path | None, typer.Option(help="SQLite state file (survives restarts)")] = None,
+    serverappio_address: Annotated[
+        str, typer.Option(help="Local ServerApp API")
+    ] = "127.0.0.1:9091",
+    database: Annotated[
+        Path | None, typer.Option(help="SQLite state file (survives restarts)")
+    ] = None,
 ) -> None:
     """Run the consortium's SuperLink: TLS, and only registered SuperNodes may connect."""
     with _errors():
@@ -244,15 +248,20 @@ def superlink(
 
 @federated_app.command()
 def supernode(
-    superlink_address: Annotated[str, typer.Option("--superlink", help="SuperLink Fleet API host:port")],
+    superlink_address: Annotated[
+        str, typer.Option("--superlink", help="SuperLink Fleet API host:port")
+    ],
     ca_cert: Annotated[Path, typer.Option(help="Consortium CA certificate (PEM)")],
     private_key: Annotated[Path, typer.Option(help="This site's EC key (OpenSSH); see `keygen`")],
     site_id: Annotated[str, typer.Option(help="This hospital's id in the consortium")],
     data_source: Annotated[
-        str, typer.Option(help="dicomweb:https://node/dicom-web | a folder | nih:DIR | chexpert:DIR")
+        str,
+        typer.Option(help="dicomweb:https://node/dicom-web | a folder | nih:DIR | chexpert:DIR"),
     ],
     state_dir: Annotated[Path, typer.Option(help="Local state (FedBN layers, cache)")],
-    clientappio_address: Annotated[str, typer.Option(help="Local ClientApp API")] = "127.0.0.1:9094",
+    clientappio_address: Annotated[
+        str, typer.Option(help="Local ClientApp API")
+    ] = "127.0.0.1:9094",
 ) -> None:
     """Run this hospital's SuperNode, reading only its own node's images."""
     with _errors():

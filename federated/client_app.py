@@ -21,6 +21,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from federated.data import ChestXrayDataset
 from federated.run_config import NodeSettings, RunSettings
 from federated.strategies.base import SITE_RECORD
 from federated.strategies.fedbn import FEDBN_CONFIG_KEY, batchnorm_keys
@@ -31,11 +32,11 @@ app = ClientApp()
 
 # In the simulation engine every site's ClientApp runs in one process; decoding a site's DICOM
 # once per run instead of once per message is most of a short round's time.
-_DATASETS: dict[tuple[str, int, str, int, float], Dataset[Any]] = {}
+_DATASETS: dict[tuple[str, int, str, int, float], ChestXrayDataset] = {}
 BN_STATE_FILE = "fedbn-local-bn.pt"
 
 
-def load_split(node: NodeSettings, run: RunSettings, split: str) -> Dataset[Any]:
+def load_split(node: NodeSettings, run: RunSettings, split: str) -> ChestXrayDataset:
     """The site's train or validation split, cached per process."""
     key = (node.data_source, run.image_size, split, run.seed, run.val_fraction)
     if key not in _DATASETS:
@@ -104,13 +105,15 @@ def train(msg: Message, context: Context) -> Message:
     node = NodeSettings.from_node_config(context.node_config, context.node_id)
     _apply_threads(node)
     secagg_in = fitins_arrays(msg)
+    config: dict[str, Any]
     if secagg_in is not None:
-        global_list, config = secagg_in
+        global_list, secagg_config = secagg_in
+        config = dict(secagg_config)
         keys = _state_keys(run)
         received = list(zip(keys, global_list, strict=True))
     else:
         arrays = msg.content.array_records["arrays"]
-        config = dict(msg.content.config_records["config"])
+        config = dict(msg.content.config_records["config"].items())
         received = [(k, v.numpy()) for k, v in arrays.items()]
         keys = [k for k, _ in received]
     server_round = int(config.get("server-round", 0))

@@ -168,7 +168,9 @@ def write_connection(flwr_home: Path, control_address: str, ca_cert: Path) -> Pa
     return path
 
 
-def _flwr(flwr_home: Path, args: list[str], timeout: float | None) -> subprocess.CompletedProcess[str]:
+def _flwr(
+    flwr_home: Path, args: list[str], timeout: float | None
+) -> subprocess.CompletedProcess[str]:
     env = flower_env({"FLWR_HOME": str(flwr_home)})
     try:
         return subprocess.run(
@@ -186,9 +188,7 @@ def _flwr(flwr_home: Path, args: list[str], timeout: float | None) -> subprocess
 
 def register_supernode(flwr_home: Path, public_key: Path, timeout: float = 60.0) -> None:
     """Register a site's public key with the SuperLink; only registered keys may connect."""
-    done = _flwr(
-        flwr_home, ["supernode", "register", str(public_key), CONNECTION_NAME], timeout
-    )
+    done = _flwr(flwr_home, ["supernode", "register", str(public_key), CONNECTION_NAME], timeout)
     if done.returncode != 0:
         raise DeploymentError(f"registering {public_key.name} failed: {_last_line(done)}")
 

@@ -190,6 +190,7 @@ def _pooled_or_local(
         torch.manual_seed(seed)  # the same start as the federated runs (initial_arrays)
         return build_model(settings.model, settings.image_size)
 
+    data: dict[str, Any]
     if pooled:
         models = {"pooled": fresh()}
         data = {"pooled": ConcatDataset(list(train_sets.values()))}
@@ -199,7 +200,9 @@ def _pooled_or_local(
     scores = []
     for server_round in range(1, settings.rounds + 1):
         for name, model in models.items():
-            loader = make_loader(data[name], settings.batch_size, shuffle=True, seed=seed * 1000 + server_round)
+            loader = make_loader(
+                data[name], settings.batch_size, shuffle=True, seed=seed * 1000 + server_round
+            )
             train(model, loader, epochs=settings.local_epochs, lr=settings.lr)
         preds = {}
         for site, val in val_sets.items():
@@ -210,7 +213,9 @@ def _pooled_or_local(
     return scores
 
 
-def _federated(sites: Sequence[Site], settings: EvalSettings, seed: int, method: str) -> list[RoundScore]:
+def _federated(
+    sites: Sequence[Site], settings: EvalSettings, seed: int, method: str
+) -> list[RoundScore]:
     from federated.task import FINDINGS
 
     with tempfile.TemporaryDirectory(prefix=f"pacsmesh-{method}-") as tmp:
@@ -225,7 +230,9 @@ def _federated(sites: Sequence[Site], settings: EvalSettings, seed: int, method:
             }
         per_finding = {
             f: float(v)
-            for f, v in zip(FINDINGS, record.global_metrics.get("auroc_per_finding", []), strict=False)
+            for f, v in zip(
+                FINDINGS, record.global_metrics.get("auroc_per_finding", []), strict=False
+            )
             if _defined(v)
         }
         scores.append(
@@ -257,7 +264,9 @@ def locally_rare_findings(
     train_sets = _datasets(sites, settings, seed, "train")
     counts = {}
     for site, dataset in train_sets.items():
-        labels = np.stack([np.asarray(dataset[i][1], dtype=np.float64) for i in range(len(dataset))])
+        labels = np.stack(
+            [np.asarray(dataset[i][1], dtype=np.float64) for i in range(len(dataset))]
+        )
         counts[site] = (np.nansum(labels == 1, axis=0), np.sum(~np.isnan(labels), axis=0))
     rare: dict[str, list[str]] = {}
     for site, (pos, known) in counts.items():
@@ -265,7 +274,9 @@ def locally_rare_findings(
         other_known = sum(c[1] for s, c in counts.items() if s != site)
         mine = pos / np.maximum(known, 1)
         others = other_pos / np.maximum(other_known, 1)
-        rare[site] = [f for j, f in enumerate(FINDINGS) if others[j] > 0 and mine[j] < 0.5 * others[j]]
+        rare[site] = [
+            f for j, f in enumerate(FINDINGS) if others[j] > 0 and mine[j] < 0.5 * others[j]
+        ]
     return rare
 
 

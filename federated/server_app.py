@@ -224,7 +224,7 @@ def _arrays_from_checkpoint(checkpoint: Checkpoint, fresh: ArrayRecord) -> Array
             f"checkpoint of round {checkpoint.server_round} does not fit model "
             "(different tensors); use a new run dir for a different model"
         )
-    arrays = ArrayRecord({k: Array(checkpoint.arrays[k]) for k in fresh.keys()})
+    arrays = ArrayRecord({k: Array(checkpoint.arrays[k]) for k in fresh})
     if arrays_hash(arrays) != checkpoint.model_hash:
         raise CheckpointError(f"checkpoint of round {checkpoint.server_round} fails its hash")
     return arrays

@@ -23,13 +23,13 @@ from typing import Any
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
-from flwr.app import Context, Message, RecordDict  # noqa: E402
-from flwr.clientapp import ClientApp  # noqa: E402
-from flwr.serverapp import Grid, ServerApp  # noqa: E402
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
 
-from federated.run_config import FederatedConfigError, RunSettings  # noqa: E402
-from federated.run_log import RoundRecord  # noqa: E402
-from federated.server_app import FederationResult, run_federation  # noqa: E402
+from federated.run_config import FederatedConfigError, RunSettings
+from federated.run_log import RoundRecord
+from federated.server_app import FederationResult, run_federation
 
 
 class SimulationError(RuntimeError):

@@ -22,15 +22,18 @@ __all__ = [
 
 def build_strategy(run: RunSettings) -> Strategy:
     """The strategy named by the run config, with its node-sampling thresholds."""
-    common = {
-        "fraction_train": run.fraction_train,
-        "fraction_evaluate": 1.0,
-        "min_train_nodes": run.min_train_nodes,
-        "min_evaluate_nodes": run.min_train_nodes,
-        "min_available_nodes": run.min_available_nodes,
-    }
     if run.strategy == "fedprox":
-        return PacsFedProx(proximal_mu=run.proximal_mu, **common)
-    if run.strategy == "fedbn":
-        return PacsFedBN(**common)
-    return PacsFedAvg(**common)
+        return PacsFedProx(
+            fraction_train=run.fraction_train,
+            min_train_nodes=run.min_train_nodes,
+            min_evaluate_nodes=run.min_train_nodes,
+            min_available_nodes=run.min_available_nodes,
+            proximal_mu=run.proximal_mu,
+        )
+    kind = PacsFedBN if run.strategy == "fedbn" else PacsFedAvg
+    return kind(
+        fraction_train=run.fraction_train,
+        min_train_nodes=run.min_train_nodes,
+        min_evaluate_nodes=run.min_train_nodes,
+        min_available_nodes=run.min_available_nodes,
+    )

@@ -16,7 +16,6 @@ about ``2 * clipping_range / quantization_range / sum(w)`` (~1e-6 with the defau
 dozen examples per site). The modulus (2**32) bounds the sum: with 2**24 levels up to 256 sites.
 """
 
-
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -48,6 +47,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from federated.strategies.base import SiteReport
+
 
 def optional_secaggplus_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
     """Run Flower's SecAgg+ client mod only for SecAgg+ protocol messages.

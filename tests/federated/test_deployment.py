@@ -170,7 +170,11 @@ def test_tls_authenticated_consortium_survives_a_killed_site(
     processes.append(superlink)
     flwr_home = tmp_path / "flwr-home"
     write_connection(flwr_home, addresses.control, ca)
-    wait_for(lambda: "Starting Flower SuperLink" in superlink.output() and _port_open(addresses.control), 60, "SuperLink")
+    wait_for(
+        lambda: "Starting Flower SuperLink" in superlink.output() and _port_open(addresses.control),
+        60,
+        "SuperLink",
+    )
 
     sites = synthesize(tmp_path / "data", sites=3, per_site=20, seed=5, image_size=48)
     keys = {}
@@ -236,7 +240,10 @@ def test_tls_authenticated_consortium_survives_a_killed_site(
     # the consortium only ever listed the three registered keys.
     wait_for(lambda: stranger.popen.poll() is not None, 60, "the stranger to give up")
     assert stranger.popen.returncode != 0
-    assert "No SuperNode found with the given public key" in superlink.output() + stranger.output() or "FAILED_PRECONDITION" in stranger.output(), stranger.output()[-2000:]
+    assert (
+        "No SuperNode found with the given public key" in superlink.output() + stranger.output()
+        or "FAILED_PRECONDITION" in stranger.output()
+    ), stranger.output()[-2000:]
     assert len(list_supernodes(flwr_home)) == 3
 
 

@@ -136,7 +136,7 @@ def test_fedbn_keeps_batchnorm_at_each_site(synth_sites: list[Path], tmp_path: P
     assert final is not None
     for key in bn_keys:
         np.testing.assert_array_equal(final[key].numpy(), start[key].numpy())
-    conv = next(k for k in final.keys() if k not in bn_keys)
+    conv = next(k for k in final if k not in bn_keys)
     assert not np.array_equal(final[conv].numpy(), start[conv].numpy())
 
 
@@ -147,7 +147,7 @@ def _distance_from_start(result: SimulationResult) -> float:
     return math.sqrt(
         sum(
             float(np.sum((final[k].numpy().astype(np.float64) - start[k].numpy()) ** 2))
-            for k in final.keys()
+            for k in final
             # Trainable weights only: BN running statistics follow the data, not the loss.
             if "running_" not in k and "num_batches" not in k
         )
@@ -170,7 +170,7 @@ def test_secagg_aggregate_equals_the_plain_aggregate(synth_sites: list[Path]) ->
     assert a is not None and b is not None
     worst = max(
         float(np.max(np.abs(a[k].numpy().astype(np.float64) - b[k].numpy())))
-        for k in a.keys()
+        for k in a
         if "num_batches" not in k
     )
     # Quantisation: 2 * clipping range / 2**24 levels / total weight (~0.07) is ~2e-6.
@@ -197,7 +197,7 @@ def test_client_side_dp_clips_updates_and_adds_noise(synth_sites: list[Path]) ->
     a, b = plain.federation.final_arrays, private.federation.final_arrays
     assert a is not None and b is not None
     diffs = np.concatenate(
-        [(b[k].numpy() - a[k].numpy()).ravel() for k in a.keys() if "num_batches" not in k]
+        [(b[k].numpy() - a[k].numpy()).ravel() for k in a if "num_batches" not in k]
     )
     assert 0.3 * sigma / math.sqrt(3) < float(np.std(diffs)) < 2.0 * sigma / math.sqrt(3)
     assert len(private.federation.rounds) == 1
