@@ -10,6 +10,7 @@ numbers leave the hospital.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,7 @@ def train(msg: Message, context: Context) -> Message:
         _restore_local_bn(model, node.state_dir)
     global_params = [p.detach().clone() for p in model.parameters()]
     dataset = load_split(node, run, "train")
+    started = time.perf_counter()
     loss = train_model(
         model,
         _loader(dataset, run, shuffle=True, round_=server_round),
@@ -142,7 +144,13 @@ def train(msg: Message, context: Context) -> Message:
         # The site's BN state never leaves it: reply with the BN values it was sent.
         new = [o if k in bn else n for k, n, o in zip(keys, new, old, strict=True)]
         local_only = [k in bn for k in keys]
-    metrics: dict[str, Any] = {"train-loss": float(loss), "num-examples": len(dataset)}
+    # Compute time as the site sees it; the benchmark subtracts it from the round's wall time
+    # to get the framework's overhead (process start, serialisation, transport).
+    metrics: dict[str, Any] = {
+        "train-loss": float(loss),
+        "num-examples": len(dataset),
+        "train-seconds": time.perf_counter() - started,
+    }
     if run.dp_enabled:
         rng = np.random.default_rng(secrets.randbits(128))
         new, report = privatize_update(
@@ -186,7 +194,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     if bool(config.get(FEDBN_CONFIG_KEY, False)):
         _restore_local_bn(model, node.state_dir)
     dataset = load_split(node, run, "val")
+    started = time.perf_counter()
     loss, probs, labels = evaluate_model(model, _loader(dataset, run, shuffle=False, round_=0))
+    seconds = time.perf_counter() - started
     values, _ = site_auroc(probs, labels)
     # NaN marks a finding with one class only in this site's split: AUROC is undefined there.
     per_finding = [float(values.get(f, float("nan"))) for f in FINDINGS]
@@ -195,6 +205,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         {
             "num-examples": len(dataset),
             "loss": float(loss),
+            "eval-seconds": seconds,
             "auroc-macro": float(np.mean(known)) if known else float("nan"),
             "auroc": per_finding,
         }

@@ -111,6 +111,7 @@ def supernode_argv(
     state_dir: Path,
     clientappio_address: str = "127.0.0.1:9094",
     max_wait_time: float | None = None,
+    torch_threads: int = 0,
 ) -> list[str]:
     """``flower-supernode`` for one site, authenticated, its data source in the node config."""
     argv = [
@@ -120,7 +121,12 @@ def supernode_argv(
         "--auth-supernode-private-key", str(private_key),
         "--clientappio-api-address", clientappio_address,
         "--node-config", node_config_arg(
-            {"site-id": site_id, "data-source": data_source, "state-dir": str(state_dir)}
+            {
+                "site-id": site_id,
+                "data-source": data_source,
+                "state-dir": str(state_dir),
+                "torch-threads": torch_threads,
+            }
         ),
     ]  # fmt: skip
     if max_wait_time is not None:
@@ -151,6 +157,65 @@ def generate_node_keys(directory: Path, name: str) -> tuple[Path, Path]:
         )
     )
     return private_path, public_path
+
+
+def generate_dev_pki(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and SuperLink certificate for 127.0.0.1/localhost: ca.pem, cert, key.
+
+    For loopback drills, tests and benchmarks only; a consortium issues the SuperLink's
+    certificate from its own CA.
+    """
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pacsmesh test consortium CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "ca.pem", directory / "superlink.pem", directory / "superlink.key"
+    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
 
 
 def write_connection(flwr_home: Path, control_address: str, ca_cert: Path) -> Path:

@@ -256,6 +256,7 @@ def _site_metrics(
             "loss": metrics.get("loss"),
             "auroc_macro": metrics.get("auroc-macro"),
             "auroc": metrics.get("auroc"),
+            "eval_seconds": metrics.get("eval-seconds"),
         }
     return sites
 
