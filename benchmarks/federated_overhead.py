@@ -148,8 +148,15 @@ def main() -> None:
         eval_compute = max(s["evaluate"]["eval_seconds"] for s in sites)
         wall = record["timing"]["train_s"] + record["timing"]["evaluate_s"]
         compute = train_compute + eval_compute
-        rows.append({"round": record["server_round"], "wall_s": wall, "compute_s": compute,
-                     "overhead_s": wall - compute, "overhead_share": (wall - compute) / wall})  # fmt: skip
+        rows.append(
+            {
+                "round": record["server_round"],
+                "wall_s": wall,
+                "compute_s": compute,
+                "overhead_s": wall - compute,
+                "overhead_share": (wall - compute) / wall,
+            }
+        )
     # Round 1 also pays first-use costs (DICOM decode cache, imports): report rounds 2.. too.
     steady = rows[1:] or rows
     summary = {

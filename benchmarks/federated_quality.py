@@ -40,7 +40,7 @@ def main() -> None:
     results["wall_seconds"] = time.perf_counter() - started
     results["data"] = {"sites": 3, "per_site": args.per_site, "data_seed": args.data_seed}
     json_path, png_path = write_outputs(results, Path("benchmarks/out/federated_quality"))
-    print("| method | macro AUROC (mean ± sd over seeds) | worst-site AUROC | rare-finding AUROC by site |")
+    print("| method | macro AUROC (mean ± sd) | worst-site AUROC | locally rare findings |")
     print("|---|---|---|---|")
     for method, summary in results["methods"].items():
         rare = ", ".join(f"{s} {v:.3f}" for s, v in summary["locally_rare_auroc"].items() if v)
