@@ -188,9 +188,15 @@ class EncryptingWriter:
         self._buf += data
         self.plaintext_size += len(data)
         # Keep at least one byte back: the last segment is only known when the stream closes.
-        while len(self._buf) > self._segment:
-            self._emit(bytes(self._buf[: self._segment]), last=False)
-            del self._buf[: self._segment]
+        if len(self._buf) <= self._segment:
+            return
+        # Seal straight from the buffer (no per-segment copies) and compact once at the end.
+        done = 0
+        with memoryview(self._buf) as view:
+            while len(self._buf) - done > self._segment:
+                self._emit(view[done : done + self._segment], last=False)
+                done += self._segment
+        del self._buf[:done]
 
     def close(self) -> None:
         """Seal the final segment (possibly empty)."""
@@ -199,7 +205,7 @@ class EncryptingWriter:
             self._buf.clear()
             self.closed = True
 
-    def _emit(self, chunk: bytes, last: bool) -> None:
+    def _emit(self, chunk: bytes | memoryview, last: bool) -> None:
         nonce = _nonce(self._prefix, self._index, last)
         self._sink.write(self._aead.encrypt(nonce, chunk, self._aad))
         self._index += 1
