@@ -154,7 +154,7 @@ def simulate(
         if as_json:
             from dataclasses import asdict
 
-            from federated.run_log import _clean
+            from federated.run_log import json_safe
 
             document = {
                 "run_id": federation.run_id,
@@ -164,7 +164,7 @@ def simulate(
                 "rounds": [asdict(r) for r in federation.rounds],
                 "final": asdict(federation.rounds[-1]) if federation.rounds else None,
             }
-            typer.echo(json.dumps(_clean(document), indent=2, sort_keys=True))
+            typer.echo(json.dumps(json_safe(document), indent=2, sort_keys=True))
         elif federation.rounds:
             last = federation.rounds[-1]
             typer.echo(
