@@ -9,6 +9,7 @@ process that imports torch), serialisation, TLS transport and the SuperLink's qu
 
     PYTHONPATH=. python benchmarks/federated_overhead.py --model small_cnn --image-size 64
     PYTHONPATH=. python benchmarks/federated_overhead.py --model densenet121 --image-size 32
+    PYTHONPATH=. python benchmarks/federated_overhead.py --model small_cnn --secagg
 
 Writes benchmarks/out/federated_overhead-<model>.json and prints a Markdown table row.
 """
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--per-site", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--secagg", action="store_true", help="aggregate with SecAgg+")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="pacsmesh-bench-"))
@@ -125,6 +127,7 @@ def main() -> None:
                 "min-available-nodes": 3,
                 "min-train-nodes": 3,
                 "run-dir": str(run_dir),
+                "secagg": args.secagg,
             },
             timeout=3600,
         )
@@ -161,6 +164,7 @@ def main() -> None:
     steady = rows[1:] or rows
     summary = {
         "model": args.model,
+        "secagg": args.secagg,
         "image_size": args.image_size,
         "images_per_site": args.per_site,
         "rounds": rows,
@@ -178,10 +182,11 @@ def main() -> None:
     }
     out = Path("benchmarks/out")
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"federated_overhead-{args.model}.json").write_text(json.dumps(summary, indent=2))
+    tag = f"{args.model}{'-secagg' if args.secagg else ''}"
+    (out / f"federated_overhead-{tag}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     print(
-        f"| {args.model} @ {args.image_size} px, {args.per_site} img/site | "
+        f"| {tag} @ {args.image_size} px, {args.per_site} img/site | "
         f"{summary['mean_wall_s']:.1f} s | {summary['mean_compute_s']:.1f} s | "
         f"{summary['mean_overhead_s']:.1f} s ({100 * summary['mean_overhead_share']:.0f}%) | "
         f"{model_bytes / 1e6:.2f} MB down x2, up x1 |"

@@ -154,7 +154,7 @@ def simulate(
         if as_json:
             from dataclasses import asdict
 
-            from federated.run_log import _clean
+            from federated.run_log import json_safe
 
             document = {
                 "run_id": federation.run_id,
@@ -164,7 +164,7 @@ def simulate(
                 "rounds": [asdict(r) for r in federation.rounds],
                 "final": asdict(federation.rounds[-1]) if federation.rounds else None,
             }
-            typer.echo(json.dumps(_clean(document), indent=2, sort_keys=True))
+            typer.echo(json.dumps(json_safe(document), indent=2, sort_keys=True))
         elif federation.rounds:
             last = federation.rounds[-1]
             typer.echo(
@@ -212,6 +212,14 @@ def evaluate(
         typer.echo(f"wrote {json_path} and {png_path}")
 
 
+def _require_files(*paths: Path) -> None:
+    from federated.deployment import DeploymentError
+
+    for path in paths:
+        if not path.is_file():
+            raise DeploymentError(f"{path} is not a file")
+
+
 def _exec(argv: list[str], extra_env: dict[str, str] | None = None) -> None:
     """Replace this process with a Flower server, so its PID is the server's PID."""
     from federated.deployment import flower_env
@@ -239,9 +247,7 @@ def superlink(
     with _errors():
         from federated.deployment import SuperLinkAddresses, superlink_argv
 
-        for path in (ca_cert, cert, key):
-            if not path.is_file():
-                raise FileNotFoundError(path)
+        _require_files(ca_cert, cert, key)
         addresses = SuperLinkAddresses(fleet_address, serverappio_address, control_address)
         _exec(superlink_argv(addresses, ca_cert, cert, key, database=database))
 
@@ -262,18 +268,25 @@ def supernode(
     clientappio_address: Annotated[
         str, typer.Option(help="Local ClientApp API")
     ] = "127.0.0.1:9094",
+    labels: Annotated[
+        Path | None, typer.Option(help="DICOMweb: labels CSV keyed by sop_instance_uid")
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="DICOMweb: file holding the node's training token")
+    ] = None,
+    torch_threads: Annotated[int, typer.Option(help="torch threads (0 = all cores)")] = 0,
 ) -> None:
     """Run this hospital's SuperNode, reading only its own node's images."""
     with _errors():
         from federated.deployment import supernode_argv
 
-        for path in (ca_cert, private_key):
-            if not path.is_file():
-                raise FileNotFoundError(path)
+        _require_files(ca_cert, private_key, *(p for p in (labels, token_file) if p))
         _exec(
             supernode_argv(
                 superlink_address, ca_cert, private_key, site_id, data_source, state_dir,
-                clientappio_address=clientappio_address,
+                clientappio_address=clientappio_address, torch_threads=torch_threads,
+                labels=labels.resolve() if labels else None,
+                token_file=token_file.resolve() if token_file else None,
             )
         )  # fmt: skip
 

@@ -43,12 +43,16 @@ def load_split(node: NodeSettings, run: RunSettings, split: str) -> ChestXrayDat
     if key not in _DATASETS:
         from federated.data import load_site
 
+        dicomweb = node.data_source.startswith("dicomweb:")
         _DATASETS[key] = load_site(
             node.data_source,
             run.image_size,
             split=split,
             seed=run.seed,
             val_fraction=run.val_fraction,
+            token=node.token() if dicomweb else None,
+            cache_dir=node.cache_dir if dicomweb else None,
+            labels=node.labels,
         )
     return _DATASETS[key]
 

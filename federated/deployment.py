@@ -112,22 +112,27 @@ def supernode_argv(
     clientappio_address: str = "127.0.0.1:9094",
     max_wait_time: float | None = None,
     torch_threads: int = 0,
+    labels: Path | None = None,
+    token_file: Path | None = None,
 ) -> list[str]:
     """``flower-supernode`` for one site, authenticated, its data source in the node config."""
+    node_config: dict[str, str | int | float | bool] = {
+        "site-id": site_id,
+        "data-source": data_source,
+        "state-dir": str(state_dir),
+        "torch-threads": torch_threads,
+    }
+    if labels is not None:
+        node_config["labels"] = str(labels)
+    if token_file is not None:
+        node_config["token-file"] = str(token_file)
     argv = [
         _bin("flower-supernode"),
         "--superlink", superlink,
         "--root-certificates", str(ca_cert),
         "--auth-supernode-private-key", str(private_key),
         "--clientappio-api-address", clientappio_address,
-        "--node-config", node_config_arg(
-            {
-                "site-id": site_id,
-                "data-source": data_source,
-                "state-dir": str(state_dir),
-                "torch-threads": torch_threads,
-            }
-        ),
+        "--node-config", node_config_arg(node_config),
     ]  # fmt: skip
     if max_wait_time is not None:
         argv += ["--max-wait-time", str(max_wait_time)]

@@ -112,10 +112,29 @@ class NodeSettings:
     state_dir: Path
     # torch intra-op threads for this site's ClientApp (0 = torch's default: all cores).
     torch_threads: int = 0
+    # DICOMweb sources: the labels CSV (keyed by SOP Instance UID) and a file holding the
+    # node's training credential (a bearer token; kept in a file so it never sits in a config
+    # or a process list). Decoded images are cached under state_dir/cache.
+    labels: Path | None = None
+    token_file: Path | None = None
+
+    @property
+    def cache_dir(self) -> Path:
+        """The hospital's own cache of decoded images (DICOMweb sources)."""
+        return self.state_dir / "cache"
+
+    def token(self) -> str | None:
+        """The DICOMweb bearer token, read from ``token-file`` when one is configured."""
+        if self.token_file is None:
+            return None
+        try:
+            return self.token_file.read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise FederatedConfigError(f"cannot read token-file {self.token_file}") from exc
 
     @classmethod
     def from_node_config(cls, config: Mapping[str, Any], node_id: int) -> NodeSettings:
-        """Parse a SuperNode's node config (``site-id``, ``data-source``, ``state-dir``)."""
+        """Parse a SuperNode's node config (``site-id``, ``data-source``, ``state-dir``, ...)."""
         source = str(config.get("data-source", "")).strip()
         if not source:
             raise FederatedConfigError(
@@ -129,7 +148,16 @@ class NodeSettings:
             threads = int(config.get("torch-threads", 0))
         except (TypeError, ValueError) as exc:
             raise FederatedConfigError("torch-threads must be an integer") from exc
-        return cls(site_id=site_id, data_source=source, state_dir=base, torch_threads=threads)
+        labels = str(config.get("labels", "")).strip()
+        token_file = str(config.get("token-file", "")).strip()
+        return cls(
+            site_id=site_id,
+            data_source=source,
+            state_dir=base,
+            torch_threads=threads,
+            labels=Path(labels) if labels else None,
+            token_file=Path(token_file) if token_file else None,
+        )
 
 
 def _coerce(key: str, raw: Any, kind: type) -> Any:

@@ -35,14 +35,14 @@ class RoundRecord:
     finished_at: float = 0.0
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON has no NaN: undefined AUROCs (a finding absent at a site) become null."""
     if isinstance(value, float):
         return None if math.isnan(value) or math.isinf(value) else value
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -55,7 +55,7 @@ class RunLog:
     def append(self, record: RoundRecord) -> None:
         """Append one round's record durably."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(_clean(asdict(record)), sort_keys=True, allow_nan=False)
+        line = json.dumps(json_safe(asdict(record)), sort_keys=True, allow_nan=False)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(line + "\n")
             handle.flush()

@@ -78,3 +78,45 @@ def test_evaluate_writes_results_json_and_plot(tmp_path: Path) -> None:
     assert "fedavg" in results["federated_to_centralized_ratio"]
     assert (out / "auroc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "fedavg/centralized macro AUROC ratio" in done.output
+
+
+def test_supernode_refuses_missing_key_files_before_starting_flower(tmp_path: Path) -> None:
+    done = runner.invoke(
+        federated_app,
+        ["supernode", "--superlink", "127.0.0.1:9", "--ca-cert", str(tmp_path / "ca.pem"),
+         "--private-key", str(tmp_path / "site.key"), "--site-id", "hosp-a",
+         "--data-source", "dicomweb:https://pacs.example/dicom-web",
+         "--state-dir", str(tmp_path / "state")],
+    )  # fmt: skip
+    assert done.exit_code == 6
+    assert "ca.pem is not a file" in done.output
+
+
+def test_dicomweb_site_settings_travel_through_the_node_config(tmp_path: Path) -> None:
+    import shlex
+    import tomllib
+
+    from federated.deployment import supernode_argv
+    from federated.run_config import NodeSettings
+
+    token = tmp_path / "token"
+    token.write_text("s3cret-training-token\n")
+    labels = tmp_path / "labels.csv"
+    argv = supernode_argv(
+        "127.0.0.1:9092", tmp_path / "ca.pem", tmp_path / "k", "hosp-a",
+        "dicomweb:https://pacs.hosp-a/dicom-web", tmp_path / "state",
+        labels=labels, token_file=token, torch_threads=2,
+    )  # fmt: skip
+    raw = argv[argv.index("--node-config") + 1]
+    # Flower parses each key=value as TOML; do the same.
+    config = {
+        k: tomllib.loads(f"v = {v}")["v"]
+        for k, v in (item.split("=", 1) for item in shlex.split(raw, posix=False))
+    }
+    node = NodeSettings.from_node_config(config, node_id=1)
+    assert node.data_source == "dicomweb:https://pacs.hosp-a/dicom-web"
+    assert node.site_id == "hosp-a" and node.torch_threads == 2
+    assert node.labels == labels and node.cache_dir == tmp_path / "state" / "cache"
+    assert node.token() == "s3cret-training-token"
+    # The secret itself is never on the command line, only the path to it.
+    assert "s3cret" not in " ".join(argv)
