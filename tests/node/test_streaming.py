@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import secrets
+import shutil
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,6 +126,7 @@ def test_one_gib_instance_streams_in_and_out_in_bounded_memory(tmp_path: Path) -
         assert len(sizes) == 1 and upload.size < sizes[0] < upload.size + 64 * 1024
     finally:
         node.stop()
+        shutil.rmtree(node.data_dir, ignore_errors=True)  # pytest keeps recent tmp dirs: 1 GiB
 
 
 def _instances(n: int) -> list[bytes]:
