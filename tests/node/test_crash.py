@@ -83,7 +83,7 @@ def _large(rng: random.Random, study: str, series: str, _base: Dataset) -> Sampl
     return Sample(study, series, ds.SOPInstanceUID, buf.getvalue())
 
 
-def make_samples(rng: random.Random, small: int = 240, large: int = 8) -> list[Sample]:
+def make_samples(rng: random.Random, small: int = 600, large: int = 16) -> list[Sample]:
     """Instances spread over a few studies and series, small and large mixed."""
     base = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
     studies = [generate_uid() for _ in range(6)]
@@ -106,10 +106,12 @@ class Uploader:
     streamed: bool
     acked: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    started: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
         with httpx.Client(timeout=60) as client:
             for batch in self.requests:
+                self.started.set()
                 body, content_type = multipart_body(s.data for s in batch)
                 content: bytes | Iterator[bytes] = body
                 if self.streamed:  # one long request, sent in pieces as a slow client would
@@ -225,6 +227,7 @@ def test_sigkill_during_stow_loses_nothing_acknowledged(
     try:
         for _round in range(ROUNDS):
             pending = [s for s in samples if s.sop_uid not in acked]
+            assert pending, "the sample pool must outlast the rounds"
             streamed = rng.random() < 0.4
             if streamed:  # one long request with many instances
                 requests = [pending[: rng.randint(40, 120)]]
@@ -237,7 +240,9 @@ def test_sigkill_during_stow_loses_nothing_acknowledged(
             uploader = Uploader(node.dicomweb, requests, streamed)
             thread = threading.Thread(target=uploader.run)
             thread.start()
-            time.sleep(rng.uniform(0.3, 1.5))
+            # Kill while the upload runs, however fast this machine is: shortly after it starts.
+            assert uploader.started.wait(30)
+            time.sleep(rng.uniform(0.05, 0.35))
             kills_mid_request += thread.is_alive()
             node.kill()
             thread.join(timeout=60)
