@@ -37,7 +37,7 @@ fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: install system-deps lint
+test: system-deps install lint
 	$(BIN)/python -m pytest -q
 
 demo: install

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +27,10 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = archive is None
         app.state.archive = archive or Archive.open(settings)
+        # Everything allocated so far lives for the whole process: keep the cyclic collector
+        # from rescanning it on every full pass (it was the p95 of wide QIDO results).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

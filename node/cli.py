@@ -148,25 +148,21 @@ def import_archive(
         raise typer.Exit(1)
 
 
-def _mount_optional() -> None:
-    """Mount the ledger and federated command groups when their packages provide them."""
-    import importlib
+def _mount_roles() -> None:
+    """Mount the ledger and federated command groups (their heavy imports load lazily)."""
+    from federated.cli import federated_app
+    from ledger.audit_cli import audit_app
+    from ledger.cli import consent_app, consortium_app, ledger_app, patient_app
 
-    for module, attr, name in (
-        ("ledger.cli", "ledger_app", "ledger"),
-        ("ledger.cli", "consortium_app", "consortium"),
-        ("ledger.cli", "patient_app", "patient"),
-        ("ledger.cli", "consent_app", "consent"),
-        ("ledger.audit_cli", "audit_app", "audit"),
-        ("federated.cli", "federated_app", "federated"),
+    for group, name in (
+        (ledger_app, "ledger"),
+        (consortium_app, "consortium"),
+        (patient_app, "patient"),
+        (consent_app, "consent"),
+        (audit_app, "audit"),
+        (federated_app, "federated"),
     ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        app.add_typer(getattr(mod, attr), name=name)
+        app.add_typer(group, name=name)
 
 
 @app.command("demo")
@@ -186,7 +182,7 @@ def demo(
 
 def main() -> None:
     """Run the pacsmesh command line."""
-    _mount_optional()
+    _mount_roles()
     try:
         app()
     except NodeError as exc:

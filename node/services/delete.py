@@ -41,5 +41,5 @@ def delete_instances(
 def delete_by_sop_uids(archive: Archive, sop_uids: list[str]) -> DeleteResult:
     """Delete instances by SOP Instance UID (rolling back a refused request)."""
     with archive.engine.connect() as conn:
-        rows = [r for uid in sop_uids if (r := records.find_instance(conn, uid)) is not None]
+        rows = records.find_instances(conn, sop_uids)
     return delete_rows(archive, rows)

@@ -22,6 +22,7 @@ from node.services.pixels import (
     decode,
     is_big_endian,
     native_bytes,
+    number_of_frames,
     short_reason,
     transfer_syntax,
 )
@@ -76,6 +77,11 @@ def frames(ds: Dataset, numbers: list[int], media: Representation) -> list[tuple
     if stored.is_compressed or is_big_endian(stored):
         return [(native_bytes(decode(ds, number - 1)), content_type) for number in numbers]
     return [(payload, content_type) for payload in _native_frames(ds, numbers, total)]
+
+
+def all_frames(ds: Dataset, media: Representation) -> list[tuple[bytes, str]]:
+    """Every frame, for the Pixel Data BulkDataURI (PS3.18 §8.7.3.3.2: one part per frame)."""
+    return frames(ds, list(range(1, number_of_frames(ds) + 1)), media)
 
 
 def _fragment(ds: Dataset, index: int, total: int) -> bytes:

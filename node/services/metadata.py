@@ -56,7 +56,7 @@ def metadata_loader(archive: Archive, root: str) -> Callable[[list[str]], dict[s
 
     def load(sop_uids: list[str]) -> dict[str, Any]:
         with archive.engine.connect() as conn:
-            rows = [r for u in sop_uids if (r := records.find_instance(conn, u)) is not None]
+            rows = records.find_instances(conn, sop_uids)
         return instance_metadata(archive, rows, root)
 
     return load

@@ -7,11 +7,12 @@ reason: a stored instance whose pixels no installed decoder can read is not a se
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import get_expected_length
@@ -32,10 +33,19 @@ DECODE_ERRORS = (RuntimeError, ValueError, AttributeError, KeyError, TypeError, 
 DECODE_ERRORS_ALL = (*DECODE_ERRORS, NotImplementedError)
 
 
+# A quoted value, closed or cut off at the end of the message (Python truncates long reprs).
+_QUOTED = re.compile(r"'[^']*(?:'|$)|\"[^\"]*(?:\"|$)")
+
+
 def short_reason(exc: BaseException) -> str:
-    """The first line of an exception message, for a 406 reason that stays readable."""
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    """The first line of an exception message, for a 406 reason that stays readable.
+
+    Quoted text is masked: pydicom quotes the offending value, which could be personal data.
+    """
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return _QUOTED.sub("'…'", lines[0])[:200]
 
 
 def transfer_syntax(ds: Dataset) -> UID:
@@ -157,12 +167,28 @@ def swap_words(value: bytes, vr: str) -> bytes:
 def output_copy(ds: Dataset) -> Dataset:
     """A copy of `ds` whose top-level elements can be replaced without touching `ds`.
 
-    Elements are shallow-copied (values are shared, not duplicated): changing an attribute of
-    the copy rebinds its own element. Sequences are shared, so nested items must not be edited.
+    Parsed elements are shallow-copied (values are shared, not duplicated), so changing an
+    attribute of the copy rebinds its own element. Elements not parsed yet stay raw: raw
+    elements are immutable, and pydicom writes them verbatim when the encoding is unchanged
+    (it parses them itself when the encoding changes), which keeps a transcode from parsing
+    every attribute of the instance. Sequences are shared, so nested items must not be edited.
     """
     out = Dataset()
-    for elem in ds:
-        out.add(copy.copy(elem))
+    read_implicit = False
+    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset parses every element)
+        elem = ds.get_item(tag)
+        if isinstance(elem, RawDataElement):
+            read_implicit = read_implicit or elem.VR is None
+            # Dataset.__setitem__ would parse a raw private element to find its creator;
+            # storing it directly keeps it raw (pydicom parses it if it is ever read).
+            out._dict[tag] = elem
+        else:
+            out[tag] = copy.copy(elem)
+    implicit, little = ds.original_encoding
+    if implicit is not None and little is not None:
+        # A file whose body is implicit VR despite an explicit syntax (pydicom reads it with a
+        # warning) holds raw elements without a VR: say so, so that pydicom parses them.
+        out.set_original_encoding(implicit or read_implicit, little, ds.original_character_set)
     meta = FileMetaDataset()
     for elem in getattr(ds, "file_meta", FileMetaDataset()):
         meta.add(DataElement(elem.tag, elem.VR, elem.value))

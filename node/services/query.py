@@ -88,7 +88,7 @@ _KEYS: Final = {
     QueryLevel.INSTANCE: ("study_uid", "series_uid", "sop_instance_uid"),
 }
 _SEGMENTS: Final = ("studies", "series", "instances")
-_INSTANCE_AVAILABLE: Final = "ONLINE"  # PS3.3 C.4.23.1.1: everything here is on local storage
+_INSTANCE_AVAILABLE: Final = "ONLINE"  # Instance Availability (0008,0056): all on local disk
 
 
 # The most results one response carries; a client pages past it with offset.
@@ -157,11 +157,13 @@ def _condition_sql(cond: Condition, fuzzy: bool, dialect: str) -> ColumnElement[
         return and_(*parts)
     if attr.keyword == "ModalitiesInStudy":
         # A study matches when any of its series has a matching modality (PS3.4 C.3.4).
-        modality = SERIES_T.c.modality
+        # An alias, so that a series search (which has `series` in its own FROM) still
+        # correlates on the study alone.
+        other = SERIES_T.alias("study_series")
         return exists(
-            select(SERIES_T.c.series_uid).where(
-                SERIES_T.c.study_uid == STUDY_T.c.study_uid,
-                or_(*(_string_match(modality, v, dialect) for v in cond.values)),
+            select(other.c.series_uid).where(
+                other.c.study_uid == STUDY_T.c.study_uid,
+                or_(*(_string_match(other.c.modality, v, dialect) for v in cond.values)),
             )
         )
     if attr.vr == "PN":
@@ -309,6 +311,8 @@ def _converter(vr: str) -> Callable[[Any], DicomJson]:
 def _person_name(value: str | None) -> DicomJson:
     if not value:
         return {"vr": "PN"}
+    if "=" not in value:  # the common case, without the intermediate containers
+        return {"vr": "PN", "Value": [{"Alphabetic": value}]}
     # PS3.18 F.2.2: the =-separated component groups become named members.
     groups = dict(zip(("Alphabetic", "Ideographic", "Phonetic"), value.split("="), strict=False))
     return {"vr": "PN", "Value": [{k: v for k, v in groups.items() if v}]}
@@ -368,15 +372,26 @@ def search(
 
     base = base_url.rstrip("/")
     n_keys = len(_KEYS[level])
-    plan = [(a.tag, n_keys + i, _converter(a.vr)) for i, a in enumerate(attrs)]
+    # Entries in tag order, so each dataset is built sorted (no per-row sort and its tuples):
+    # (tag, column position, converter); the two result attributes have no column.
+    plan = sorted(
+        [(a.tag, n_keys + i, _converter(a.vr)) for i, a in enumerate(attrs)]
+        + [(INSTANCE_AVAILABILITY, -1, None), (RETRIEVE_URL, -1, None)],
+        key=lambda entry: entry[0],
+    )
     results: list[DicomJson] = []
     for row in rows:
-        dataset = {tag: convert(row[i]) for tag, i, convert in plan}
-        dataset[INSTANCE_AVAILABILITY] = {"vr": "CS", "Value": [_INSTANCE_AVAILABLE]}
-        # PS3.18 §10.6.3 Retrieve URL (0008,1190): the WADO-RS resource of the result.
-        uids = row[:n_keys]
-        path = "/".join(f"{seg}/{uid}" for seg, uid in zip(_SEGMENTS, uids, strict=False))
-        dataset[RETRIEVE_URL] = {"vr": "UR", "Value": [f"{base}/{path}"]}
+        dataset: DicomJson = {}
+        for tag, i, convert in plan:
+            if convert is not None:
+                dataset[tag] = convert(row[i])
+            elif tag == RETRIEVE_URL:
+                # PS3.18 §10.6.3 Retrieve URL (0008,1190): the WADO-RS resource of the result.
+                uids = row[:n_keys]
+                path = "/".join(f"{seg}/{uid}" for seg, uid in zip(_SEGMENTS, uids, strict=False))
+                dataset[tag] = {"vr": "UR", "Value": [f"{base}/{path}"]}
+            else:
+                dataset[tag] = {"vr": "CS", "Value": [_INSTANCE_AVAILABLE]}
         if rep_of:
             header = headers.get(rep_of.get(row[n_keys - 1], ""), {})
             extra: DicomJson = {}
@@ -388,6 +403,6 @@ def search(
                 elif tag in query.vrs:
                     extra[tag] = {"vr": query.vrs[tag]}  # asked for but absent: zero length
             extra.update(dataset)  # the index is authoritative for what it holds
-            dataset = extra
-        results.append(dict(sorted(dataset.items())))
+            dataset = dict(sorted(extra.items()))
+        results.append(dataset)
     return results

@@ -202,7 +202,7 @@ def _describe(tag: str) -> str:
 
 def _check_date(value: str, param: str) -> None:
     try:
-        if len(value) != 8 or not value.isdigit():
+        if len(value) != 8 or not (value.isascii() and value.isdigit()):
             raise ValueError
         date(int(value[:4]), int(value[4:6]), int(value[6:]))
     except ValueError:
@@ -279,8 +279,10 @@ def _parse_bool(value: str, param: str) -> bool:
 
 
 def _parse_count(value: str, param: str) -> int:
-    if not value.isdigit() or len(value) > 9:
+    if not value.isascii() or not value.isdigit():
         raise InvalidRequestError(f"query parameter {param!r}: expected a non-negative integer")
+    if len(value) > 9:
+        raise InvalidRequestError(f"query parameter {param!r}: must be below 1000000000")
     return int(value)
 
 

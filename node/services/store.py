@@ -281,7 +281,9 @@ class InstanceIngest:
             return
         except _PARSE_ERRORS as exc:
             self._header = None
-            self._fail(StoreFailure(REASON_MALFORMED, f"DICOM header cannot be parsed: {exc}"))
+            # The exception's text may quote a header value: name only its kind.
+            reason = f"DICOM header cannot be parsed ({type(exc).__name__})"
+            self._fail(StoreFailure(REASON_MALFORMED, reason))
             return
         # Large pixel-less headers (documents, deflated objects) are read from the blob instead.
         self._header_bytes = header_bytes if len(header_bytes) <= HEADER_INLINE_LIMIT else b""

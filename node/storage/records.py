@@ -62,6 +62,15 @@ def find_instance(conn: Connection, sop_instance_uid: str) -> InstanceRow | None
     return _row(r) if r else None
 
 
+def find_instances(conn: Connection, sop_uids: list[str]) -> list[InstanceRow]:
+    """Instances by SOP Instance UID, in one query per 500 UIDs (unknown UIDs are skipped)."""
+    out: list[InstanceRow] = []
+    for i in range(0, len(sop_uids), 500):
+        q = select(*_ROW_COLS).where(INSTANCE.c.sop_instance_uid.in_(sop_uids[i : i + 500]))
+        out += [_row(r) for r in conn.execute(q)]
+    return out
+
+
 def list_instances(
     conn: Connection, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
 ) -> list[InstanceRow]:

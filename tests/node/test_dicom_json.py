@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from node.errors import InvalidRequestError, NotFoundError
-from node.services.dicom_json import bulkdata, parse_path, to_dicom_json
-from tests.node.test_imaging_samples import make_image, read, sample_bytes
+from node.services.dicom_json import (
+    bulkdata,
+    bulkdata_paths,
+    parse_path,
+    rebase_bulkdata,
+    to_dicom_json,
+)
+from node.services.json_values import fast_json, text_codec
+from tests.node.test_imaging_samples import dicom_file_bytes, make_image, read, sample_bytes
 
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
@@ -49,16 +64,60 @@ def assert_same_as_pydicom(
     return bulk
 
 
-@pytest.mark.parametrize("name", sorted(set(sample_bytes()) - {"badVR.dcm"}))
+@pytest.mark.parametrize("name", sorted(set(dicom_file_bytes()) - {"badVR.dcm"}))
 def test_metadata_equals_pydicom_json(name: str) -> None:
-    """Every sample's metadata equals pydicom's DICOM JSON, bulk values replaced by URIs."""
+    """Every sample's metadata equals pydicom's DICOM JSON, bulk values replaced by URIs.
+
+    Every Part-10 file pydicom ships is used, images or not (SR, RT, the charset files).
+    """
     ds = read(name)
     theirs = ds.to_json_dict()
     assert to_dicom_json(ds) == theirs  # without URIs: exactly pydicom's
     ours = to_dicom_json(ds, bulkdata_uri=uri)
-    assert ours["7FE00010"]["BulkDataURI"] == uri("7FE00010")
-    assert assert_same_as_pydicom(ours, theirs, ds) >= 1
+    bulk = assert_same_as_pydicom(ours, theirs, ds)
+    if "PixelData" in ds:
+        assert ours["7FE00010"]["BulkDataURI"] == uri("7FE00010")
+        assert bulk >= 1
     json.dumps(ours)  # serialisable as it stands
+    # The same values go by URI as with pydicom's own handler (Pixel Data always does here).
+    with_handler = ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=str)
+    if "7FE00010" in with_handler:
+        with_handler["7FE00010"] = {"vr": with_handler["7FE00010"]["vr"], "BulkDataURI": ""}
+    assert blind(ours) == blind(with_handler)
+
+
+def blind(value: Any) -> Any:
+    """DICOM JSON with every BulkDataURI value blanked (the URIs themselves differ)."""
+    if isinstance(value, dict):
+        if "BulkDataURI" in value:
+            return {"vr": value["vr"], "BulkDataURI": ""}
+        return {key: blind(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [blind(item) for item in value]
+    return value
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "chest-cr-philips-j2k.dcm", "MR_small_RLE.dcm"])
+def test_header_without_pixels_gives_the_same_metadata(name: str) -> None:
+    """A header read with stop_before_pixels plus pixel_data_vr equals the full instance's."""
+    full = to_dicom_json(read(name), bulkdata_uri=uri)
+    header = pydicom.dcmread(io.BytesIO(sample_bytes()[name]), stop_before_pixels=True)
+    vr = full["7FE00010"]["vr"]
+    before_pixels = {key: value for key, value in full.items() if key <= "7FE00010"}
+    # stop_before_pixels also drops what follows Pixel Data (trailing padding).
+    assert to_dicom_json(header, bulkdata_uri=uri, pixel_data_vr=vr) == before_pixels
+
+
+def test_large_values_of_a_deferred_read_are_not_loaded(tmp_path: Path) -> None:
+    """With defer_size, bulk values become URIs without reading them (file already closed)."""
+    path = tmp_path / "instance.dcm"
+    path.write_bytes(sample_bytes()["chest-cr-philips-j2k.dcm"])
+    with path.open("rb") as f:
+        ds = pydicom.dcmread(f, defer_size=1024)
+    path.unlink()  # any attempt to read a deferred value now fails
+    ours = to_dicom_json(ds, bulkdata_uri=uri)
+    assert ours["7FE00010"] == {"vr": "OB", "BulkDataURI": uri("7FE00010")}
+    assert ours["00100020"] == to_dicom_json(read("chest-cr-philips-j2k.dcm"))["00100020"]
 
 
 def test_invalid_element_is_left_out_not_fatal() -> None:
@@ -129,5 +188,71 @@ def test_missing_or_non_bulk_paths_are_404(path: str) -> None:
         bulkdata(nested_lut_dataset(), path)
 
 
+def test_json_cached_with_paths_rebases_to_request_uris() -> None:
+    """JSON built once with bare paths equals the per-request JSON after rebasing."""
+    ds = nested_lut_dataset()
+    cached = to_dicom_json(ds, bulkdata_uri=bulkdata_paths)
+    assert cached["7FE00010"]["BulkDataURI"] == "7FE00010"
+    rebased = rebase_bulkdata(cached, "https://node.test/bulk/")
+    assert rebased == to_dicom_json(ds, bulkdata_uri=uri)
+    assert cached["7FE00010"]["BulkDataURI"] == "7FE00010"  # the cached copy is untouched
+    assert json.loads(json.dumps(cached)) == cached
+
+
 def test_parse_path() -> None:
     assert parse_path("00540016/0/00181072") == [0x00540016, 0, 0x00181072]
+
+
+_FAST_VRS = [
+    "AE",
+    "AS",
+    "CS",
+    "DA",
+    "DT",
+    "TM",
+    "UI",
+    "SH",
+    "LO",
+    "UC",
+    "ST",
+    "LT",
+    "UT",
+    "IS",
+    "DS",
+]
+_ALPHABET = st.sampled_from(list(" \\\x00.+-eE0123456789ABCabc^=é"))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.sampled_from(_FAST_VRS),
+    st.text(_ALPHABET, max_size=24),
+    st.sampled_from([["iso8859"], ["latin_1"], ["utf_8"]]),
+)
+def test_fast_string_values_match_pydicom(vr: str, text: str, encodings: list[str]) -> None:
+    """Raw string values read directly give exactly pydicom's JSON, or are left to pydicom."""
+    codec = text_codec(encodings)
+    value = text.encode(codec or "latin_1", errors="replace")
+    if len(value) % 2:
+        value += b" "
+    check_fast_against_pydicom(vr, value, encodings)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["US", "SS", "UL", "SL", "FL", "FD", "SV", "UV"]), st.binary(max_size=24))
+def test_fast_binary_values_match_pydicom(vr: str, value: bytes) -> None:
+    check_fast_against_pydicom(vr, value, ["iso8859"])
+
+
+def check_fast_against_pydicom(vr: str, value: bytes, encodings: list[str]) -> None:
+    raw = RawDataElement(Tag(0x00091010), vr, len(value), value, 0, False, True)
+    ours = fast_json(raw, text_codec(encodings))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = convert_raw_data_element(raw, encoding=encodings).to_json_dict(None, 0)
+    except Exception:
+        return  # pydicom refuses the value; the fast path may still read it
+    if ours is not None:
+        assert ours == theirs
+        assert json.loads(json.dumps(ours)) == json.loads(json.dumps(theirs))

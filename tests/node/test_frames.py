@@ -13,7 +13,7 @@ from pydicom.uid import UID
 
 from node.api.dicomweb.media import negotiate_pixel_data
 from node.errors import InvalidRequestError, NotAcceptableError, NotFoundError
-from node.services.frames import frames, parse_frame_list
+from node.services.frames import all_frames, frames, parse_frame_list
 from node.services.syntaxes import Representation
 from tests.node.test_imaging_samples import (
     UNDECODABLE,
@@ -115,6 +115,14 @@ def test_native_multiframe_frames_in_request_order_with_repeats() -> None:
         assert np.array_equal(
             decode_payload(payload, expected[number - 1], 32), expected[number - 1]
         )
+
+
+def test_all_frames_for_pixel_bulk_data() -> None:
+    """The Pixel Data bulk resource of a 2-frame RLE image is its two fragments, in order."""
+    ds = read("SC_rgb_rle_2frame.dcm")
+    media = negotiate_pixel_data(None, syntax("SC_rgb_rle_2frame.dcm"))
+    parts = all_frames(ds, media)
+    assert [p for p, _ in parts] == list(generate_frames(ds.PixelData, number_of_frames=2))
 
 
 def test_native_multiframe_rgb() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.data import get_testdata_files
+from pydicom.data import get_charset_files, get_testdata_files
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
@@ -54,6 +54,25 @@ def sample_bytes() -> dict[str, bytes]:
     return samples
 
 
+@cache
+def dicom_file_bytes() -> dict[str, bytes]:
+    """Name → bytes of every Part-10 sample, with or without pixel data, charset files too."""
+    files: dict[str, bytes] = dict(sample_bytes())
+    paths = sorted(Path(p) for p in get_testdata_files()) + sorted(
+        Path(p) for p in get_charset_files()
+    )
+    for path in paths:
+        if not path.is_file() or path.name in files:
+            continue
+        data = path.read_bytes()
+        try:
+            pydicom.dcmread(io.BytesIO(data))
+        except (InvalidDicomError, ValueError, OSError):
+            continue
+        files[path.name] = data
+    return files
+
+
 def shared_names() -> list[str]:
     """The real scanner files from ../shared/data."""
     return sorted(p.name for p in SHARED_DATA.glob("*.dcm"))
@@ -63,7 +82,7 @@ def read(name: str) -> Dataset:
     """A fresh Dataset of sample `name`."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return pydicom.dcmread(io.BytesIO(sample_bytes()[name]))
+        return pydicom.dcmread(io.BytesIO(dicom_file_bytes()[name]))
 
 
 def decodable_names() -> list[str]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node.api.dicomweb.media import (
     MediaRange,
@@ -93,6 +97,9 @@ def test_instance_star_and_wildcards_send_what_is_stored() -> None:
     assert negotiate_instance("*/*", JPEG).transfer_syntax == JPEG
     single = negotiate_instance("application/dicom; transfer-syntax=*", IMPLICIT)
     assert single.multipart is False and single.transfer_syntax == IMPLICIT
+    # A wildcard gets the resource's usual framing: multipart/related.
+    assert negotiate_instance("*/*", IMPLICIT).multipart is True
+    assert negotiate_instance("multipart/*", IMPLICIT).multipart is True
 
 
 def test_instance_named_syntaxes_in_preference_order() -> None:
@@ -152,6 +159,8 @@ def test_octet_stream_with_any_syntax_sends_compressed_bytes() -> None:
     header = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
     chosen = negotiate_pixel_data(header, J2K)
     assert (chosen.media_type, chosen.transfer_syntax) == ("application/octet-stream", J2K)
+    named = header.replace("*", J2K)
+    assert negotiate_pixel_data(named, J2K).transfer_syntax == J2K
 
 
 def test_compressed_pixels_are_decoded_for_plain_octet_stream() -> None:
@@ -205,3 +214,26 @@ def test_rendered_prefers_jpeg_and_honours_q() -> None:
     assert negotiate_rendered("text/html, image/png;q=0.1") == "image/png"
     with pytest.raises(NotAcceptableError):
         negotiate_rendered("image/gif, text/html")
+
+
+# --- robustness: any header text is parsed or refused with 400, never a crash ----------------
+
+
+_HEADER_ALPHABET = st.sampled_from(list('abcimgejp/*;,="q=0.51 -+\\\ttransfer-syntax12.'))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(_HEADER_ALPHABET, max_size=80) | st.text(max_size=40))
+def test_any_accept_text_is_parsed_or_400(header: str) -> None:
+    try:
+        ranges = parse_accept(header)
+    except InvalidRequestError:
+        return
+    assert all(0 < r.q <= 1 for r in ranges)
+    for negotiate in (negotiate_rendered, negotiate_metadata, negotiate_bulkdata):
+        with contextlib.suppress(NotAcceptableError):
+            negotiate(header)
+    for stored in (EXPLICIT, J2K):
+        for pick in (negotiate_instance, negotiate_pixel_data):
+            with contextlib.suppress(NotAcceptableError):
+                pick(header, stored)

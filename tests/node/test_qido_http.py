@@ -15,18 +15,16 @@ import pydicom
 import pytest
 import uvicorn
 from dicomweb_client import DICOMwebClient
-from fastapi import FastAPI
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from node.api.dicomweb import qido
 from node.app import create_app
 from node.services import query as query_service
 from node.settings import NodeSettings
 from tests.conftest import SHARED_DATA
-from tests.node.conftest import free_port
+from tests.node.conftest import free_port, plaintext_findings
 from tests.node.query_fixtures import PG_ADMIN_URL, PG_URL_TEMPLATE, make_dataset
 
 REAL_FILES = [
@@ -63,10 +61,6 @@ class Archive:
     generated_series: list[str]
 
 
-def _mounted(app: FastAPI) -> bool:
-    return any(getattr(r, "path", "") == "/dicom-web/studies" for r in app.routes)
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def archive(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -86,9 +80,8 @@ def archive(
         database_url=database_url,
         fsync=False,
     )
+    # In-process (not `pacsmesh node serve`) so a test can lower the result cap.
     app = create_app(settings)
-    if not _mounted(app):  # until the lead's DICOMweb router includes QIDO-RS
-        app.include_router(qido.router, prefix="/dicom-web")
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
@@ -133,6 +126,15 @@ def archive(
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        # Searching must not have left plaintext behind: no DICM preamble, no pixel data.
+        pixels = pydicom.dcmread(SHARED_DATA / "us-multiframe-rgb.dcm").PixelData
+        sample = next(
+            pixels[i : i + 64]
+            for i in range(0, len(pixels) - 64, 4096)
+            if len(set(pixels[i : i + 64])) >= 24  # a stretch of image, not blank border
+        )
+        hits = plaintext_findings(settings.data_dir, [b"DICM", sample])
+        assert not hits, "plaintext found on disk: " + "; ".join(hits)
         if pg_name is not None:
             with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
@@ -276,3 +278,17 @@ def test_results_past_the_server_maximum_are_cut_with_a_warning(
     # dicomweb-client pages through the cap with offset and still sees every study once.
     paged = archive.client.search_for_studies(get_remaining=True)
     assert uids(paged, "0020000D") == everything
+
+
+def test_a_viewer_study_list_query(archive: Archive) -> None:
+    """The query string an OHIF-class study list sends, literally encoded."""
+    response = httpx.get(
+        f"{archive.root}/studies?limit=101&offset=0&fuzzymatching=false"
+        "&includefield=00081030%2C00080060&PatientName=*doe*&StudyDate=20240101-20241231",
+        headers={"Accept": "application/dicom+json"},
+    )
+    assert response.status_code == 200
+    [study] = response.json()
+    assert first(study, "0020000D") == archive.generated_study
+    assert study["00080061"]["Value"] == ["CT", "SR"]
+    assert "00080060" not in study  # Modality is a series attribute; ModalitiesInStudy answers

@@ -21,6 +21,7 @@ STUDY = QueryLevel.STUDY
         ([("StudyDate", "2024-01-01")], "not a valid range"),
         ([("StudyDate", "20241301")], "not a date"),
         ([("StudyDate", "2024011")], "not a date"),
+        ([("StudyDate", "２０２４０１０１")], "not a date"),
         ([("StudyDate", "2024*")], "not a date"),
         ([("StudyDate", "-")], "not a valid range"),
         ([("StudyDate", "20240201-20240101")], "ends before it starts"),
@@ -31,6 +32,8 @@ STUDY = QueryLevel.STUDY
         ([("limit", "ten")], "'limit'"),
         ([("limit", "-1")], "'limit'"),
         ([("offset", "1.5")], "'offset'"),
+        ([("offset", "１２")], "non-negative integer"),  # full-width digits are not ASCII
+        ([("limit", "10000000000")], "below 1000000000"),
         ([("limit", "5"), ("limit", "6")], "more than once"),
         ([("fuzzymatching", "yes")], "'fuzzymatching'"),
         ([("PatientID", "a"), ("00100020", "b")], "multiple values"),

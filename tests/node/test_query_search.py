@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom.uid import BasicTextSRStorage, CTImageStorage, generate_uid
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from node.errors import InvalidRequestError
 from node.services.query import QueryLevel, parse_query, search
@@ -398,3 +401,47 @@ def test_lower_level_index_attributes_are_not_invented_for_a_study(corpus: Corpu
     assert result["00080061"]["Value"] == ["CT", "SR"]
     assert value(result, "00081030") == "CT Chest"
     assert corpus.headers.calls == []  # and no header was decrypted for it
+
+
+def test_modalities_in_study_in_series_and_instance_searches(corpus: Corpus) -> None:
+    # Every series of a study that has an SR series, not only the SR series itself.
+    found = run(corpus, QueryLevel.SERIES, [("ModalitiesInStudy", "SR")])
+    assert sorted(value(r, "0020000E") for r in found) == sorted(
+        [corpus.series["s1_ct"], corpus.series["s1_sr"]]
+    )
+    instances = run(corpus, QueryLevel.INSTANCE, [("ModalitiesInStudy", "MR")])
+    assert [value(r, "00080018") for r in instances] == corpus.instances["s2_mr"]
+
+
+_NAMES = [
+    "PatientName", "PatientID", "StudyDate", "StudyTime", "StudyInstanceUID", "Modality",
+    "ModalitiesInStudy", "SeriesNumber", "InstanceNumber", "Rows", "SOPClassUID", "00100010",
+    "0020000d", "includefield", "limit", "offset", "fuzzymatching", "InstitutionName", "x",
+]  # fmt: skip
+_VALUE_CHARS = "019AZaz*?%_[]\\-^=,. ドッ"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    level=st.sampled_from(list(QueryLevel)),
+    params=st.lists(
+        st.tuples(st.sampled_from(_NAMES), st.text(_VALUE_CHARS, max_size=12)), max_size=4
+    ),
+)
+def test_any_query_is_answered_or_refused_with_a_reason(
+    corpus: Corpus, level: QueryLevel, params: list[tuple[str, str]]
+) -> None:
+    """Whatever a client sends: results, or a 400 with a reason — never another error."""
+    try:
+        results = run(corpus, level, params)
+    except InvalidRequestError as exc:
+        assert exc.http_status == 400 and exc.message
+        return
+    assert all("00081190" in r for r in results)
+
+
+def test_search_runs_on_an_orm_session_too(corpus: Corpus) -> None:
+    query = parse_query(QueryLevel.STUDY, [("PatientID", "P002")])
+    with Session(corpus.engine) as session:
+        [result] = search(session, query, base_url=BASE, load_metadata=corpus.headers.load)
+    assert value(result, "0020000D") == corpus.study["s2"]

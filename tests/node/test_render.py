@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pydicom.pixels.processing import apply_color_lut
 
@@ -73,6 +75,30 @@ def test_sigmoid_window_hand_values() -> None:
     assert out[128] == 128  # 127.5 rounds half up
     assert out[160] == 225  # 255 / (1 + e^-2) = 224.66
     assert out[96] == 30  # 255 / (1 + e^2) = 30.34
+
+
+def test_signed_ct_window_hand_values() -> None:
+    """Signed CT values -1024..1016, window 40/400: 40 HU → 128, 48 HU → 133, 216 HU → 240."""
+    ct = np.arange(-1024, 1024, 8, dtype=np.int16).reshape(16, 16)
+    ds = make_image(ct, signed=True, RescaleSlope=1, RescaleIntercept=0)
+    out = png_pixels(render(ds, media_type="image/png", window=(40, 400, "LINEAR"))).ravel()
+    values = ct.ravel()
+    assert out[values == 40][0] == 128  # ((40 - 39.5) / 399 + 0.5) * 255 = 127.8
+    assert out[values == 48][0] == 133
+    assert out[values == 216][0] == 240
+    assert out[values <= -160].max() == 0 and out[values >= 240].min() == 255
+
+
+def test_float_pixel_data_renders_min_to_max() -> None:
+    """Float Pixel Data renders through the same pipeline; min..max spans 0..255."""
+    values = np.linspace(-1.5, 2.5, 20, dtype=np.float32).reshape(4, 5)
+    ds = make_image(values.view(np.uint32))
+    del ds.PixelData
+    del ds.PixelRepresentation
+    ds.FloatPixelData = values.tobytes()
+    out = png_pixels(render(ds, media_type="image/png"))
+    assert out[0, 0] == 0 and out[-1, -1] == 255
+    assert np.all(np.diff(out.ravel().astype(int)) > 0)
 
 
 def test_image_window_is_used_without_a_query_window() -> None:
@@ -290,3 +316,21 @@ def test_parse_helpers() -> None:
     assert parse_window("1,2") == Window(1.0, 2.0, "LINEAR")
     assert parse_window("1.5,2.5,SIGMOID") == Window(1.5, 2.5, "SIGMOID")
     assert parse_viewport("3,4,1,2,5,6") == Viewport(3, 4, 1, 2, 5, 6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["window", "viewport", "quality", "annotation", "iccprofile"]),
+        st.text(st.sampled_from(list("0123456789,-.eEnaiflr x")), max_size=30),
+    )
+)
+def test_any_rendering_query_is_parsed_or_400(query: dict[str, str]) -> None:
+    try:
+        options = parse_rendering_query(query)
+    except InvalidRequestError:
+        return
+    if options.quality is not None:
+        assert 1 <= options.quality <= 100
+    if options.viewport is not None:
+        assert options.viewport.width > 0 and options.viewport.height > 0

@@ -9,6 +9,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.pixels.utils import get_expected_length
+from pydicom.uid import UID
 
 from node.errors import NotAcceptableError
 from node.services.transcode import transcode
@@ -56,9 +57,36 @@ def test_native_targets_are_pixel_identical(name: str, target: str) -> None:
     expected = reference_pixels(name)
     assert decoded.shape == expected.shape
     assert np.array_equal(decoded, expected)
-    if syntax(name) != EXPLICIT and not pydicom.uid.UID(syntax(name)).is_compressed:
+    if syntax(name) != EXPLICIT and not UID(syntax(name)).is_compressed:
         # A native re-encoding keeps the photometric interpretation as stored.
         assert out.PhotometricInterpretation == original.PhotometricInterpretation
+
+
+def attributes_json(ds: Dataset) -> dict[str, object]:
+    """DICOM JSON of everything but pixel data and retired group lengths."""
+    doc = ds.to_json_dict(suppress_invalid_tags=True)
+    return {k: v for k, v in doc.items() if not k.startswith("7FE0") and not k.endswith("0000")}
+
+
+@pytest.mark.parametrize("target", [EXPLICIT, IMPLICIT])
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n in decodable_names()
+        if not UID(syntax(n)).is_compressed and syntax(n) != "1.2.840.10008.1.2.2"
+    ],
+)
+def test_attributes_survive_native_transcoding(name: str, target: str) -> None:
+    """Every attribute, private ones and sequences included, reads back the same."""
+    original = read(name)
+    out = reread(transcode(original, target))
+    ours, theirs = attributes_json(out), attributes_json(original)
+    if target == IMPLICIT:
+        # Implicit VR cannot carry a VR: private and unknown elements come back as UN.
+        ours = {k: v for k, v in ours.items() if int(k[:4], 16) % 2 == 0}
+        theirs = {k: v for k, v in theirs.items() if int(k[:4], 16) % 2 == 0}
+    assert ours == theirs
 
 
 @pytest.mark.parametrize(
@@ -178,6 +206,15 @@ def test_undecodable_samples_are_406(name: str) -> None:
         transcode(read(name), EXPLICIT)
     assert info.value.http_status == 406
     assert info.value.message
+
+
+def test_reasons_do_not_echo_attribute_values() -> None:
+    """A 406 reason never repeats a stored value (it could be personal data)."""
+    ds = read("badVR.dcm")
+    with pytest.raises(NotAcceptableError) as info:
+        transcode(ds, EXPLICIT)
+    assert "1A" not in info.value.message
+    assert "Image Pixel attributes are invalid" in info.value.message
 
 
 def test_encoder_limits_are_406() -> None:

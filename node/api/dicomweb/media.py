@@ -47,6 +47,11 @@ class MediaRange:
         return self.media_type == "multipart/related"
 
     @property
+    def wants_multipart(self) -> bool:
+        """Whether to answer multipart: yes unless a single-part type was named (PS3.18 §8.7)."""
+        return self.multipart or self.type in ("*", "multipart")
+
+    @property
     def part_type(self) -> str:
         """The media type of the payload: the `type` parameter of a multipart range."""
         if self.multipart:
@@ -208,7 +213,7 @@ def negotiate_instance(accept: str | None, stored_ts: str) -> Representation:
         if wanted == ANY_TRANSFER_SYNTAX:
             wanted = stored_ts
         if can_transcode(stored_ts, wanted):
-            return Representation(APPLICATION_DICOM, wanted, media_range.multipart)
+            return Representation(APPLICATION_DICOM, wanted, media_range.wants_multipart)
     raise NotAcceptableError(
         f"cannot send an instance stored as {stored_ts} in any transfer syntax that Accept allows"
     )
@@ -231,16 +236,16 @@ def negotiate_pixel_data(accept: str | None, stored_ts: str) -> Representation:
             and _matches(part, compressed_media)
             and wanted in (None, ANY_TRANSFER_SYNTAX, stored_ts)
         ):
-            return Representation(compressed_media, stored_ts, media_range.multipart)
+            return Representation(compressed_media, stored_ts, media_range.wants_multipart)
         if not _matches(part, APPLICATION_OCTET_STREAM):
             continue
-        if wanted == ANY_TRANSFER_SYNTAX and compressed_media is not None:
-            return Representation(APPLICATION_OCTET_STREAM, stored_ts, media_range.multipart)
+        if wanted in (ANY_TRANSFER_SYNTAX, stored_ts) and compressed_media is not None:
+            return Representation(APPLICATION_OCTET_STREAM, stored_ts, media_range.wants_multipart)
         if wanted in (None, ANY_TRANSFER_SYNTAX, EXPLICIT_VR_LITTLE_ENDIAN) and _decodable(
             stored_ts
         ):
             return Representation(
-                APPLICATION_OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, media_range.multipart
+                APPLICATION_OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, media_range.wants_multipart
             )
     raise NotAcceptableError(
         f"cannot send pixel data stored as {stored_ts} in any media type that Accept allows"
@@ -257,7 +262,7 @@ def negotiate_bulkdata(accept: str | None) -> Representation:
             EXPLICIT_VR_LITTLE_ENDIAN,
         ):
             return Representation(
-                APPLICATION_OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, media_range.multipart
+                APPLICATION_OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, media_range.wants_multipart
             )
     raise NotAcceptableError("bulk data is only available as application/octet-stream")
 

@@ -213,12 +213,8 @@ async def retrieve_bulkdata(
     accept = request.headers.get("accept")
     if path.strip("/").upper() in ("7FE00010", "7FE00008", "7FE00009"):
         plan = media.negotiate_pixel_data(accept, row.transfer_syntax_uid)
-
-        def all_frames(ds: Dataset) -> list[tuple[bytes, str]]:
-            count = int(ds.get("NumberOfFrames") or 1)
-            return imaging.frames(ds, list(range(1, count + 1)), plan)
-
-        return _payload_response(await _with_dataset(archive, row, all_frames), plan)
+        payloads = await _with_dataset(archive, row, lambda ds: imaging.all_frames(ds, plan))
+        return _payload_response(payloads, plan)
     plan = media.negotiate_bulkdata(accept)
     value = await _with_dataset(archive, row, lambda ds: imaging.bulkdata(ds, path))
     return _payload_response([(value, plan.content_type)], plan)

@@ -1,0 +1,224 @@
+"""The pacsmesh ClientApp: one hospital's side of a round, on that hospital's data only.
+
+A train message carries the global model and the round's config; the site loads its own data
+source (named in its node config, e.g. its node's DICOMweb), trains locally and replies with its
+model (or, under SecAgg+, a masked update). An evaluate message asks the site to score the
+global model on its validation split; AUROC is computed here, at the site, so only summary
+numbers leave the hospital.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from federated.data import ChestXrayDataset
+from federated.run_config import NodeSettings, RunSettings
+from federated.strategies.base import SITE_RECORD
+from federated.strategies.fedbn import FEDBN_CONFIG_KEY, batchnorm_keys
+from federated.strategies.privacy import privatize_update
+from federated.strategies.secagg import fitins_arrays, fitres_reply, optional_secaggplus_mod
+
+app = ClientApp()
+
+# In the simulation engine every site's ClientApp runs in one process; decoding a site's DICOM
+# once per run instead of once per message is most of a short round's time.
+_DATASETS: dict[tuple[str, int, str, int, float], ChestXrayDataset] = {}
+BN_STATE_FILE = "fedbn-local-bn.pt"
+
+
+def load_split(node: NodeSettings, run: RunSettings, split: str) -> ChestXrayDataset:
+    """The site's train or validation split, cached per process."""
+    key = (node.data_source, run.image_size, split, run.seed, run.val_fraction)
+    if key not in _DATASETS:
+        from federated.data import load_site
+
+        dicomweb = node.data_source.startswith("dicomweb:")
+        _DATASETS[key] = load_site(
+            node.data_source,
+            run.image_size,
+            split=split,
+            seed=run.seed,
+            val_fraction=run.val_fraction,
+            token=node.token() if dicomweb else None,
+            cache_dir=node.cache_dir if dicomweb else None,
+            labels=node.labels,
+        )
+    return _DATASETS[key]
+
+
+def _loader(dataset: Dataset[Any], run: RunSettings, shuffle: bool, round_: int) -> DataLoader[Any]:
+    generator = torch.Generator().manual_seed(run.seed * 1000 + round_)
+    return DataLoader(dataset, batch_size=run.batch_size, shuffle=shuffle, generator=generator)
+
+
+def _model_with(run: RunSettings, keys_values: Sequence[tuple[str, np.ndarray]]) -> nn.Module:
+    from federated.task import build_model
+
+    model = build_model(run.model, run.image_size)
+    state = model.state_dict()
+    loaded = {k: torch.from_numpy(np.asarray(v).copy()).to(state[k].dtype) for k, v in keys_values}
+    missing = set(state) - set(loaded)
+    if missing:
+        raise ValueError(f"global model lacks {len(missing)} tensors, e.g. {sorted(missing)[0]}")
+    model.load_state_dict(loaded, strict=True)
+    return model
+
+
+def _restore_local_bn(model: nn.Module, state_dir: Path) -> None:
+    """FedBN: put this site's own BatchNorm state back over the global one, if it has any."""
+    path = state_dir / BN_STATE_FILE
+    if path.exists():
+        local = torch.load(path, weights_only=True)
+        model.load_state_dict(local, strict=False)
+
+
+def _save_local_bn(model: nn.Module, state_dir: Path) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    local = {k: state[k].detach().clone() for k in batchnorm_keys(model)}
+    tmp = state_dir / (BN_STATE_FILE + ".tmp")
+    torch.save(local, tmp)
+    tmp.replace(state_dir / BN_STATE_FILE)
+
+
+def _apply_threads(node: NodeSettings) -> None:
+    if node.torch_threads > 0 and torch.get_num_threads() != node.torch_threads:
+        torch.set_num_threads(node.torch_threads)
+
+
+def _site_record(node: NodeSettings) -> ConfigRecord:
+    return ConfigRecord({"site-id": node.site_id})
+
+
+@app.train(mods=[optional_secaggplus_mod])
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global model on this site's data and reply with the result."""
+    from federated.task import train as train_model
+
+    run = RunSettings.from_run_config(context.run_config)
+    node = NodeSettings.from_node_config(context.node_config, context.node_id)
+    _apply_threads(node)
+    secagg_in = fitins_arrays(msg)
+    config: dict[str, Any]
+    if secagg_in is not None:
+        global_list, secagg_config = secagg_in
+        config = dict(secagg_config)
+        keys = _state_keys(run)
+        received = list(zip(keys, global_list, strict=True))
+    else:
+        arrays = msg.content.array_records["arrays"]
+        config = dict(msg.content.config_records["config"].items())
+        received = [(k, v.numpy()) for k, v in arrays.items()]
+        keys = [k for k, _ in received]
+    server_round = int(config.get("server-round", 0))
+    fedbn = bool(config.get(FEDBN_CONFIG_KEY, False))
+
+    model = _model_with(run, received)
+    if fedbn:
+        _restore_local_bn(model, node.state_dir)
+    global_params = [p.detach().clone() for p in model.parameters()]
+    dataset = load_split(node, run, "train")
+    started = time.perf_counter()
+    loss = train_model(
+        model,
+        _loader(dataset, run, shuffle=True, round_=server_round),
+        epochs=run.local_epochs,
+        lr=run.lr,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        global_params=global_params,
+    )
+    state = model.state_dict()
+    new = [state[k].detach().cpu().numpy() for k in keys]
+    old = [np.asarray(v) for _, v in received]
+    local_only = [False] * len(keys)
+    if fedbn:
+        _save_local_bn(model, node.state_dir)
+        bn = set(batchnorm_keys(model))
+        # The site's BN state never leaves it: reply with the BN values it was sent.
+        new = [o if k in bn else n for k, n, o in zip(keys, new, old, strict=True)]
+        local_only = [k in bn for k in keys]
+    # Compute time as the site sees it; the benchmark subtracts it from the round's wall time
+    # to get the framework's overhead (process start, serialisation, transport).
+    metrics: dict[str, Any] = {
+        "train-loss": float(loss),
+        "num-examples": len(dataset),
+        "train-seconds": time.perf_counter() - started,
+    }
+    if run.dp_enabled:
+        rng = np.random.default_rng(secrets.randbits(128))
+        new, report = privatize_update(
+            new, old, run.dp_clip, run.dp_epsilon, run.dp_delta, rng, private=local_only
+        )
+        metrics |= {
+            "dp-sigma": report.sigma,
+            "dp-norm-before": report.norm_before,
+            "dp-norm-after-clip": report.norm_after_clip,
+        }
+    if secagg_in is not None:
+        update = [
+            n.astype(np.float64) - o.astype(np.float64) for n, o in zip(new, old, strict=True)
+        ]
+        return fitres_reply(msg, update, len(dataset), {"site-id": node.site_id} | metrics)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(
+                {k: Array(np.ascontiguousarray(v)) for k, v in zip(keys, new, strict=True)}
+            ),
+            "metrics": MetricRecord(metrics),
+            SITE_RECORD: _site_record(node),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the received global model on this site's validation split."""
+    from federated.metrics import site_auroc
+    from federated.task import FINDINGS
+    from federated.task import evaluate as evaluate_model
+
+    run = RunSettings.from_run_config(context.run_config)
+    node = NodeSettings.from_node_config(context.node_config, context.node_id)
+    _apply_threads(node)
+    arrays = msg.content.array_records["arrays"]
+    config = msg.content.config_records["config"]
+    model = _model_with(run, [(k, v.numpy()) for k, v in arrays.items()])
+    if bool(config.get(FEDBN_CONFIG_KEY, False)):
+        _restore_local_bn(model, node.state_dir)
+    dataset = load_split(node, run, "val")
+    started = time.perf_counter()
+    loss, probs, labels = evaluate_model(model, _loader(dataset, run, shuffle=False, round_=0))
+    seconds = time.perf_counter() - started
+    values, _ = site_auroc(probs, labels)
+    # NaN marks a finding with one class only in this site's split: AUROC is undefined there.
+    per_finding = [float(values.get(f, float("nan"))) for f in FINDINGS]
+    known = [a for a in per_finding if not np.isnan(a)]
+    metrics = MetricRecord(
+        {
+            "num-examples": len(dataset),
+            "loss": float(loss),
+            "eval-seconds": seconds,
+            "auroc-macro": float(np.mean(known)) if known else float("nan"),
+            "auroc": per_finding,
+        }
+    )
+    content = RecordDict({"metrics": metrics, SITE_RECORD: _site_record(node)})
+    return Message(content=content, reply_to=msg)
+
+
+def _state_keys(run: RunSettings) -> list[str]:
+    from federated.task import build_model
+
+    return list(build_model(run.model, run.image_size).state_dict().keys())

@@ -1,0 +1,1 @@
+"""Entry points that Flower's SuperLink and SuperNodes load from the pacsmesh FAB."""

@@ -1,0 +1,316 @@
+"""The pacsmesh ServerApp: the consortium's round loop.
+
+Each round: sample the connected sites, send them the global model, aggregate their replies with
+the configured strategy (optionally under SecAgg+), have every site score the new model on its
+own validation split, then write the run-log line (model SHA-256, participants, metrics) and a
+checkpoint. A restarted ServerApp with the same run dir resumes after the last checkpoint.
+Sites that fail or vanish mid-round are left out of that round's aggregate; the round fails only
+when fewer than ``min-train-nodes`` sites reply.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.common import log
+from flwr.serverapp import Grid, ServerApp
+
+from federated.checkpoints import Checkpoint, CheckpointStore
+from federated.run_config import RunSettings
+from federated.run_log import RoundRecord, RunLog
+from federated.strategies import build_strategy
+from federated.strategies.base import SiteReport
+from federated.strategies.secagg import secagg_train_round
+
+app = ServerApp()
+
+RUN_LOG_FILE = "run-log.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+RUN_META_FILE = "run.json"
+
+
+class RoundFailedError(RuntimeError):
+    """Too few sites replied for a round to count (exit code 4 on the CLI)."""
+
+    exit_code = 4
+
+
+@dataclass
+class FederationResult:
+    """The outcome of a whole run, as the CLI and the evaluation harness read it."""
+
+    run_id: str
+    rounds: list[RoundRecord] = field(default_factory=list)
+    final_arrays: ArrayRecord | None = None
+    resumed_from: int = 0
+
+
+RoundCallback = Callable[[RoundRecord], None]
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Flower entry point: run the federation described by the run config."""
+    run = RunSettings.from_run_config(context.run_config)
+    run_federation(grid, context, run)
+
+
+def initial_arrays(run: RunSettings) -> ArrayRecord:
+    """A fresh model's state dict, seeded so every method in an evaluation starts alike."""
+    import torch
+
+    from federated.task import build_model
+
+    torch.manual_seed(run.seed)
+    model = build_model(run.model, run.image_size)
+    return ArrayRecord(
+        {k: Array(v.detach().cpu().numpy().copy()) for k, v in model.state_dict().items()}
+    )
+
+
+def arrays_hash(arrays: ArrayRecord) -> str:
+    """SHA-256 of the global model, as ``task.model_hash`` defines it (state-dict order)."""
+    from federated.task import model_hash
+
+    return model_hash(arrays.to_numpy_ndarrays())
+
+
+def run_federation(
+    grid: Grid,
+    context: Context,
+    run: RunSettings,
+    on_round: RoundCallback | None = None,
+) -> FederationResult:
+    """Run (or resume) the federation; return every round's record and the final model."""
+    run_dir = Path(run.run_dir) if run.run_dir else None
+    store = CheckpointStore(run_dir / CHECKPOINT_DIR) if run_dir else None
+    run_log = RunLog(run_dir / RUN_LOG_FILE) if run_dir else None
+    run_id = _run_id(run_dir)
+
+    arrays = initial_arrays(run)
+    start = 0
+    latest = store.latest() if store else None
+    if latest is not None:
+        arrays = _arrays_from_checkpoint(latest, arrays)
+        start = latest.server_round
+        log(INFO, "Resuming after round %d (model %s)", start, latest.model_hash[:12])
+    if run_log is not None:
+        run_log.truncate_after(start)
+
+    strategy = build_strategy(run)
+    site_names: dict[int, str] = {}
+    result = FederationResult(run_id=run_id, resumed_from=start, final_arrays=arrays)
+    for server_round in range(start + 1, run.num_server_rounds + 1):
+        started = time.perf_counter()
+        train_config = ConfigRecord(
+            {"local-epochs": run.local_epochs, "lr": run.lr, "server-round": server_round}
+        )
+        if run.secagg:
+            node_ids = _sample(grid, run)
+            if run.strategy == "fedprox":
+                train_config["proximal-mu"] = run.proximal_mu
+            if run.strategy == "fedbn":
+                train_config["fedbn"] = True
+            new_arrays, train_reports, failed_ids = secagg_train_round(
+                grid,
+                context,
+                server_round,
+                arrays,
+                train_config,
+                node_ids,
+                num_shares=min(run.secagg_num_shares, len(node_ids)),
+                threshold=run.secagg_threshold,
+                clipping_range=run.secagg_clipping_range,
+                quantization_range=run.secagg_quantization_range,
+                max_weight=run.secagg_max_weight,
+                timeout=run.round_timeout,
+            )
+        else:
+            strategy.remember_reference(arrays)
+            messages = strategy.configure_train(server_round, arrays, train_config, grid)
+            replies = grid.send_and_receive(messages, timeout=run.round_timeout)
+            new_arrays, _ = strategy.aggregate_train(server_round, replies)
+            train_reports = strategy.last_train_reports
+            # An error reply for a vanished node comes from the SuperLink itself, so the sites
+            # that dropped out are those sent a message that sent no result back.
+            sent = {m.metadata.dst_node_id for m in messages}
+            failed_ids = sorted(sent - {r.node_id for r in train_reports})
+        if new_arrays is None or len(train_reports) < run.min_train_nodes:
+            raise RoundFailedError(
+                f"round {server_round}: {len(train_reports)} site(s) replied, "
+                f"{run.min_train_nodes} needed"
+            )
+        arrays = new_arrays
+        trained = time.perf_counter()
+        site_names.update({r.node_id: r.site_id for r in train_reports})
+
+        eval_messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+        eval_replies = grid.send_and_receive(eval_messages, timeout=run.round_timeout)
+        strategy.aggregate_evaluate(server_round, eval_replies)
+        eval_reports = strategy.last_evaluate_reports
+        finished = time.perf_counter()
+
+        record = RoundRecord(
+            run_id=run_id,
+            server_round=server_round,
+            strategy=run.strategy,
+            model=run.model,
+            model_sha256=arrays_hash(arrays),
+            participants=[r.site_id for r in train_reports],
+            dropped=[site_names.get(n, f"node-{n}") for n in failed_ids],
+            site_metrics=_site_metrics(train_reports, eval_reports),
+            global_metrics=global_metrics(eval_reports),
+            privacy=_privacy(run, train_reports),
+            timing={"train_s": trained - started, "evaluate_s": finished - trained},
+            finished_at=time.time(),
+        )
+        # Log line first, checkpoint second: on resume the log is cut back to the last
+        # checkpoint, so the two always agree.
+        if run_log is not None:
+            run_log.append(record)
+        if store is not None:
+            store.save(
+                Checkpoint(
+                    server_round=server_round,
+                    arrays={k: v.numpy() for k, v in arrays.items()},
+                    model_hash=record.model_sha256,
+                )
+            )
+        result.rounds.append(record)
+        result.final_arrays = arrays
+        log(
+            INFO,
+            "Round %d: sites %s, macro AUROC %.3f, model %s",
+            server_round,
+            ",".join(record.participants),
+            record.global_metrics.get("auroc_macro") or float("nan"),
+            record.model_sha256[:12],
+        )
+        if on_round is not None:
+            on_round(record)
+    return result
+
+
+def _sample(grid: Grid, run: RunSettings) -> list[int]:
+    """Wait for enough connected sites and pick ``fraction-train`` of them (SecAgg+ rounds)."""
+    import random
+
+    deadline = time.monotonic() + run.round_timeout
+    while len(nodes := list(grid.get_node_ids())) < run.min_available_nodes:
+        if time.monotonic() > deadline:
+            raise RoundFailedError(
+                f"only {len(nodes)} site(s) connected, {run.min_available_nodes} needed"
+            )
+        time.sleep(1.0)
+    size = max(int(len(nodes) * run.fraction_train), run.min_train_nodes)
+    return sorted(random.sample(nodes, min(size, len(nodes))))
+
+
+def _arrays_from_checkpoint(checkpoint: Checkpoint, fresh: ArrayRecord) -> ArrayRecord:
+    from federated.checkpoints import CheckpointError
+
+    if set(checkpoint.arrays) != set(fresh.keys()):
+        raise CheckpointError(
+            f"checkpoint of round {checkpoint.server_round} does not fit model "
+            "(different tensors); use a new run dir for a different model"
+        )
+    arrays = ArrayRecord({k: Array(checkpoint.arrays[k]) for k in fresh})
+    if arrays_hash(arrays) != checkpoint.model_hash:
+        raise CheckpointError(f"checkpoint of round {checkpoint.server_round} fails its hash")
+    return arrays
+
+
+def _run_id(run_dir: Path | None) -> str:
+    """A run keeps its id across restarts (stored beside the log)."""
+    if run_dir is None:
+        return uuid.uuid4().hex
+    meta = run_dir / RUN_META_FILE
+    if meta.exists():
+        return str(json.loads(meta.read_text())["run_id"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = uuid.uuid4().hex
+    meta.write_text(json.dumps({"run_id": run_id}))
+    return run_id
+
+
+def _site_metrics(
+    train_reports: list[SiteReport], eval_reports: list[SiteReport]
+) -> dict[str, dict[str, Any]]:
+    sites: dict[str, dict[str, Any]] = {}
+    for report in train_reports:
+        sites.setdefault(report.site_id, {})["train"] = dict(report.metrics)
+    for report in eval_reports:
+        metrics = dict(report.metrics)
+        sites.setdefault(report.site_id, {})["evaluate"] = {
+            "num_examples": metrics.get("num-examples"),
+            "loss": metrics.get("loss"),
+            "auroc_macro": metrics.get("auroc-macro"),
+            "auroc": metrics.get("auroc"),
+            "eval_seconds": metrics.get("eval-seconds"),
+        }
+    return sites
+
+
+def global_metrics(eval_reports: list[SiteReport]) -> dict[str, Any]:
+    """Consortium metrics: AUROC per finding within each site, then averaged over sites.
+
+    Averaging per-site AUROCs (not pooling predictions) is what tells a hospital how the model
+    ranks *its* patients; the worst site's macro AUROC shows who the model serves least well.
+    """
+    if not eval_reports:
+        return {}
+    per_site = np.array(
+        [[_num(a) for a in r.metrics.get("auroc", [])] for r in eval_reports], dtype=np.float64
+    )
+    site_macro = np.array([_num(r.metrics.get("auroc-macro")) for r in eval_reports])
+    weights = np.array([float(r.metrics.get("num-examples", 0)) for r in eval_reports])
+    losses = np.array([_num(r.metrics.get("loss")) for r in eval_reports])
+    with np.errstate(all="ignore"):
+        per_finding = [float(x) for x in _nanmean(per_site, axis=0)] if per_site.size else []
+    known_finding = [x for x in per_finding if not math.isnan(x)]
+    known_site = site_macro[~np.isnan(site_macro)]
+    return {
+        "auroc_per_finding": per_finding,
+        "auroc_macro": float(np.mean(known_finding)) if known_finding else float("nan"),
+        "auroc_worst_site": float(known_site.min()) if known_site.size else float("nan"),
+        "loss": float(np.average(losses, weights=weights)) if weights.sum() > 0 else float("nan"),
+        "num_sites": len(eval_reports),
+    }
+
+
+def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
+    counts = np.sum(~np.isnan(values), axis=axis)
+    sums = np.nansum(values, axis=axis)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _num(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _privacy(run: RunSettings, reports: list[SiteReport]) -> dict[str, Any]:
+    privacy: dict[str, Any] = {"secagg": run.secagg, "dp": run.dp_enabled}
+    if run.secagg:
+        privacy |= {
+            "secagg_num_shares": run.secagg_num_shares,
+            "secagg_threshold": run.secagg_threshold,
+        }
+    if run.dp_enabled:
+        sigmas = [float(r.metrics["dp-sigma"]) for r in reports if "dp-sigma" in r.metrics]
+        privacy |= {
+            "dp_clip": run.dp_clip,
+            "dp_epsilon_per_round": run.dp_epsilon,
+            "dp_delta_per_round": run.dp_delta,
+            "dp_sigma": sigmas[0] if sigmas else None,
+        }
+    return privacy
