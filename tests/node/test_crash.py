@@ -83,7 +83,7 @@ def _large(rng: random.Random, study: str, series: str, _base: Dataset) -> Sampl
     return Sample(study, series, ds.SOPInstanceUID, buf.getvalue())
 
 
-def make_samples(rng: random.Random, small: int = 240, large: int = 8) -> list[Sample]:
+def make_samples(rng: random.Random, small: int = 500, large: int = 10) -> list[Sample]:
     """Instances spread over a few studies and series, small and large mixed."""
     base = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
     studies = [generate_uid() for _ in range(6)]
@@ -226,8 +226,8 @@ def test_sigkill_during_stow_loses_nothing_acknowledged(
         for _round in range(ROUNDS):
             pending = [s for s in samples if s.sop_uid not in acked]
             streamed = rng.random() < 0.4
-            if streamed:  # one long request with many instances
-                requests = [pending[: rng.randint(40, 120)]]
+            if streamed:  # one long request with every pending instance
+                requests = [pending]
             else:  # many requests of 1..6 instances each
                 requests, i = [], 0
                 while i < len(pending):
@@ -237,7 +237,7 @@ def test_sigkill_during_stow_loses_nothing_acknowledged(
             uploader = Uploader(node.dicomweb, requests, streamed)
             thread = threading.Thread(target=uploader.run)
             thread.start()
-            time.sleep(rng.uniform(0.3, 1.5))
+            time.sleep(rng.uniform(0.2, 1.0))  # all pending takes several seconds to send
             kills_mid_request += thread.is_alive()
             node.kill()
             thread.join(timeout=60)
