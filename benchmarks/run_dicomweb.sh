@@ -3,7 +3,7 @@
 # and Orthanc (../shared/peers/orthanc), same machine, same client, same data.
 # Usage: benchmarks/run_dicomweb.sh [dicomweb-bench.py options, e.g. --small 1000 --large 40]
 #        TOOL=scale benchmarks/run_dicomweb.sh --instances 100000   (benchmarks/qido_scale.py)
-#        TARGETS=node ... runs the node alone (no Orthanc).
+#        TARGETS=node (or orthanc) ... runs one server alone.
 # Writes benchmarks/out/<tool>-<time>.json and prints it. Needs curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +40,8 @@ done
 
 node_root=http://127.0.0.1:$node_port/dicom-web
 orthanc_root=http://127.0.0.1:$orthanc_port/dicom-web
-roots=("$node_root")
+roots=()
+[ "$TARGETS" = orthanc ] || roots+=("$node_root")
 [ "$TARGETS" = node ] || roots+=("$orthanc_root")
 tool=$SHARED/tools/dicomweb-bench.py
 [ "$TOOL" = scale ] && tool=benchmarks/qido_scale.py

@@ -229,8 +229,8 @@ def test_sigkill_during_stow_loses_nothing_acknowledged(
             pending = [s for s in samples if s.sop_uid not in acked]
             assert pending, "the sample pool must outlast the rounds"
             streamed = rng.random() < 0.4
-            if streamed:  # one long request with many instances
-                requests = [pending[: rng.randint(40, 120)]]
+            if streamed:  # one long request with every pending instance
+                requests = [pending]
             else:  # many requests of 1..6 instances each
                 requests, i = [], 0
                 while i < len(pending):

@@ -45,7 +45,8 @@ def _seal(data: bytes, key: bytes, aad: bytes, chunk: int = 100_000) -> bytes:
 def test_sealed_stream_round_trips_and_reads_any_range(size: int) -> None:
     key, data = new_key(), os.urandom(size)
     sealed = _seal(data, key, b"uid")
-    assert data[:64] not in sealed[HEADER_BYTES:] or size == 0
+    # A needle under 16 bytes turns up in random ciphertext by chance (1 byte: ~6 % of runs).
+    assert data[:64] not in sealed[HEADER_BYTES:] or size < 16
     reader = BlobReader(io.BytesIO(sealed), key, b"uid")
     assert reader.size == size and reader.read_all() == data
     f = reader.as_file()
