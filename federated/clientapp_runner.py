@@ -26,16 +26,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import os
 import select
 import signal
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Sequence
 
 POLL_INTERVAL_S = 0.1
 _PR_SET_PDEATHSIG = 1
+
+
+def with_prompt_backoff(module: types.ModuleType, name: str) -> None:
+    """Make ``module.name`` (a Flower object pull) retry after 0.05 s, doubling to 1 s."""
+    pull = getattr(module, name)
+    if not isinstance(pull, functools.partial):
+        setattr(module, name, functools.partial(pull, initial_backoff=0.05, backoff_cap=1.0))
 
 
 def _die_with_parent() -> None:
@@ -78,8 +87,13 @@ def _poll_for_token(address: str, write_fd: int) -> None:
 
 def _run_task(address: str, token: str, parent_pid: int) -> None:
     """In a forked child: run one ClientApp task as ``flwr-clientapp --token`` would."""
+    from flwr.supernode.runtime import run_clientapp as runtime
     from flwr.supernode.runtime.run_clientapp import run_clientapp
 
+    # The task is pending as soon as the SuperNode has the message's header, before it has pulled
+    # the message's objects (the model) from the SuperLink. A worker that starts that early finds
+    # the objects missing and Flower's pull backs off for 1 s first; start at 0.05 s instead.
+    with_prompt_backoff(runtime, "pull_and_inflate_object_from_tree")
     run_clientapp(
         clientappio_api_address=address, token=token, insecure=True, parent_pid=parent_pid
     )
@@ -114,24 +128,32 @@ def serve(address: str, supernode_argv: Sequence[str]) -> int:
     read_fd, write_fd = os.pipe()
     poller = _fork(_poll_for_token, address, write_fd)
     pending = b""
-    while supernode.poll() is None:
-        ready, _, _ = select.select([read_fd], [], [], 1.0)
+    exit_code: int | None = None
+    while exit_code is None:
+        ready, _, _ = select.select([read_fd], [], [], 0.5)
         if ready:
             pending += os.read(read_fd, 4096)
             while b"\n" in pending:
                 line, pending = pending.split(b"\n", 1)
                 _fork(_run_task, address, line.decode(), me)
-        # Reap finished workers and pollers; start a new poller once the last one delivered.
+                # That poller is done: the next message must not wait for it to be reaped.
+                poller = _fork(_poll_for_token, address, write_fd)
+        # Reap finished children (waitpid(-1) also reaps the SuperNode, so its status is taken
+        # here, not from Popen).
         while True:
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:
                 break
-            if pid == poller and supernode.poll() is None:
-                poller = _fork(_poll_for_token, address, write_fd)
-    return supernode.returncode or 0
+            if pid == supernode.pid:
+                code = os.waitstatus_to_exitcode(status)
+                # Killed by a signal: report it the way a shell would.
+                exit_code = code if code >= 0 else 128 - code
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(poller, signal.SIGKILL)
+    return exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -115,12 +115,15 @@ def supernode_argv(
     labels: Path | None = None,
     token_file: Path | None = None,
     warm_clientapp: bool = True,
+    poll_interval: float | None = 0.2,
 ) -> list[str]:
     """``flower-supernode`` for one site, authenticated, its data source in the node config.
 
     With ``warm_clientapp`` (the default) the SuperNode runs under ``federated.clientapp_runner``
     in Flower's ``process`` isolation mode: each message still gets its own ClientApp process,
-    but forked from one that has already imported torch and pacsmesh.
+    but forked from one that has already imported torch and pacsmesh. With ``poll_interval``
+    (seconds) the SuperNode is ``federated.supernode_main``, which waits at most that long between
+    pulls instead of Flower's 3 s; ``None`` runs the stock ``flower-supernode``.
     """
     node_config: dict[str, str | int | float | bool] = {
         "site-id": site_id,
@@ -142,6 +145,11 @@ def supernode_argv(
     ]  # fmt: skip
     if max_wait_time is not None:
         argv += ["--max-wait-time", str(max_wait_time)]
+    if poll_interval is not None:
+        argv[:1] = [
+            sys.executable, "-m", "federated.supernode_main",
+            "--poll-interval", str(poll_interval), "--",
+        ]  # fmt: skip
     if not warm_clientapp:
         return argv
     return [

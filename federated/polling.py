@@ -4,7 +4,8 @@
 messages and then pulls the replies with a fixed 3-second sleep between pulls, so every phase of
 a round (train, evaluate, each SecAgg+ stage) waits on average 1.5 s after the last site has
 answered. Pulling is one small unary gRPC call to the SuperLink on the same host, so polling
-every 0.1 s costs nothing measurable and removes that wait.
+every 0.1 s costs nothing measurable and removes that wait. Likewise a reply's objects that are
+not on the SuperLink yet are retried after 0.05 s (doubling to 1 s), not after Flower's 1 s.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class PromptGrid(Grid):
     def __init__(self, inner: Grid, poll_interval: float = POLL_INTERVAL_S) -> None:
         self._inner = inner
         self._poll_interval = poll_interval
+        _prompt_object_pulls()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -70,3 +72,16 @@ class PromptGrid(Grid):
                 break
             time.sleep(self._poll_interval)
         return replies
+
+
+def _prompt_object_pulls() -> None:
+    """Retry a reply's missing objects after 0.05 s (doubling to 1 s) instead of Flower's 1 s.
+
+    A reply is listed on the SuperLink before the site has pushed all of its objects (the
+    model); ``GrpcGrid`` then pulls them with ``pull_objects``' default backoff, 1 s first.
+    """
+    from flwr.superlink.grid import grpc_grid
+
+    from federated.clientapp_runner import with_prompt_backoff
+
+    with_prompt_backoff(grpc_grid, "pull_objects")
