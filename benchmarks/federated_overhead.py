@@ -4,12 +4,14 @@ Runs the real Deployment Engine on loopback — a TLS SuperLink with SuperNode a
 three authenticated SuperNodes — and submits the pacsmesh Flower App with ``flwr run``. Each
 site reports how long its ClientApp spent computing (training / evaluating); the ServerApp logs
 the wall time of each phase of the round. Overhead = phase wall time - the slowest site's compute
-in that phase: ClientApp process start (every message runs in a fresh ``flwr-clientapp``
-process that imports torch), serialisation, TLS transport and the SuperLink's queueing.
+in that phase: ClientApp process start (a fork of a warm process by default, a fresh
+``flwr-clientapp`` Python process with ``--stock-flower``), polling, serialisation, TLS transport
+and the SuperLink's queueing.
 
     PYTHONPATH=. python benchmarks/federated_overhead.py --model small_cnn --image-size 64
     PYTHONPATH=. python benchmarks/federated_overhead.py --model densenet121 --image-size 32
     PYTHONPATH=. python benchmarks/federated_overhead.py --model small_cnn --secagg
+    PYTHONPATH=. python benchmarks/federated_overhead.py --model small_cnn --stock-flower
 
 Writes benchmarks/out/federated_overhead-<model>.json and prints a Markdown table row.
 """
@@ -74,6 +76,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--secagg", action="store_true", help="aggregate with SecAgg+")
+    parser.add_argument(
+        "--stock-flower",
+        action="store_true",
+        help="stock flower-supernode: a fresh ClientApp process per message, 3 s polls",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="pacsmesh-bench-"))
@@ -108,6 +115,8 @@ def main() -> None:
                 supernode_argv(
                     addresses.fleet, ca, private, site.name, str(site), work / "state" / site.name,
                     clientappio_address=f"127.0.0.1:{free_port()}", torch_threads=1,
+                    warm_clientapp=not args.stock_flower,
+                    poll_interval=None if args.stock_flower else 0.2,
                 ),
             )  # fmt: skip
         wait(
@@ -165,6 +174,7 @@ def main() -> None:
     summary = {
         "model": args.model,
         "secagg": args.secagg,
+        "stock_flower": args.stock_flower,
         "image_size": args.image_size,
         "images_per_site": args.per_site,
         "rounds": rows,
@@ -182,7 +192,7 @@ def main() -> None:
     }
     out = Path("benchmarks/out")
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"{args.model}{'-secagg' if args.secagg else ''}"
+    tag = f"{args.model}{'-secagg' if args.secagg else ''}{'-stock' if args.stock_flower else ''}"
     (out / f"federated_overhead-{tag}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     print(

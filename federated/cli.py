@@ -275,6 +275,13 @@ def supernode(
         Path | None, typer.Option(help="DICOMweb: file holding the node's training token")
     ] = None,
     torch_threads: Annotated[int, typer.Option(help="torch threads (0 = all cores)")] = 0,
+    stock_flower: Annotated[
+        bool,
+        typer.Option(
+            help="Run Flower's stock flower-supernode: a fresh Python process per message, "
+            "3 s polls (slower; see docs/federated.md)"
+        ),
+    ] = False,
 ) -> None:
     """Run this hospital's SuperNode, reading only its own node's images."""
     with _errors():
@@ -287,6 +294,7 @@ def supernode(
                 clientappio_address=clientappio_address, torch_threads=torch_threads,
                 labels=labels.resolve() if labels else None,
                 token_file=token_file.resolve() if token_file else None,
+                warm_clientapp=not stock_flower, poll_interval=None if stock_flower else 0.2,
             )
         )  # fmt: skip
 

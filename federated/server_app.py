@@ -26,6 +26,7 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from federated.checkpoints import Checkpoint, CheckpointStore
+from federated.polling import PromptGrid
 from federated.run_config import RunSettings
 from federated.run_log import RoundRecord, RunLog
 from federated.strategies import build_strategy
@@ -92,6 +93,7 @@ def run_federation(
     on_round: RoundCallback | None = None,
 ) -> FederationResult:
     """Run (or resume) the federation; return every round's record and the final model."""
+    grid = grid if isinstance(grid, PromptGrid) else PromptGrid(grid)
     run_dir = Path(run.run_dir) if run.run_dir else None
     store = CheckpointStore(run_dir / CHECKPOINT_DIR) if run_dir else None
     run_log = RunLog(run_dir / RUN_LOG_FILE) if run_dir else None

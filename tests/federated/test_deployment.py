@@ -154,7 +154,7 @@ def test_tls_authenticated_consortium_survives_a_killed_site(
     )
 
     run_dir = tmp_path / "run"
-    config = {
+    config: dict[str, str | int | float | bool] = {
         "num-server-rounds": 2, "image-size": 48, "batch-size": 8, "min-available-nodes": 2,
         "min-train-nodes": 2, "round-timeout": 120.0, "run-dir": str(run_dir),
     }  # fmt: skip
