@@ -19,7 +19,7 @@ import httpx
 
 # The multipart reader is protocol framing with no HTTP-framework dependency; the importer is
 # a DICOMweb client and parses the same framing the STOW-RS endpoint does.
-from node.api.dicomweb.multipart import (
+from node.dicom.multipart import (
     MultipartParser,
     PartData,
     PartEnd,

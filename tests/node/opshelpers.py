@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from node.api.dicomweb.multipart import MultipartParser, PartData, PartEnd, parse_media_type
+from node.dicom.multipart import MultipartParser, PartData, PartEnd, parse_media_type
 from tests.conftest import REPO_ROOT
 
 ORTHANC = REPO_ROOT.parent / "shared" / "peers" / "orthanc"

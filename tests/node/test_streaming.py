@@ -18,7 +18,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from node.api.dicomweb.multipart import MultipartParser, PartData, parse_media_type
+from node.dicom.multipart import MultipartParser, PartData, parse_media_type
 from tests.node.conftest import RunningNode, start_node
 from tests.node.opshelpers import AS_STORED, blob_files, multipart_body, referenced_sops
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from node.api.deps import ArchiveDep
-from node.api.dicomweb.multipart import parse_media_type
+from node.dicom.multipart import parse_media_type
 from node.errors import NotAcceptableError
 from node.services import query as query_service
 from node.services.archive import Archive

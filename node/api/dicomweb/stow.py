@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from node.api.deps import ArchiveDep
-from node.api.dicomweb.multipart import (
+from node.dicom.multipart import (
     PartData,
     PartEnd,
     PartStart,

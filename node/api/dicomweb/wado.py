@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 
 from node.api.deps import ArchiveDep
 from node.api.dicomweb import media
-from node.api.dicomweb.multipart import new_boundary
+from node.dicom.multipart import new_boundary
 from node.errors import NotFoundError
 from node.services import imaging, retrieve
 from node.services.archive import Archive

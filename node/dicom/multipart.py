@@ -1,4 +1,4 @@
-"""Streaming multipart/related (RFC 2387 over RFC 2046 §5.1) for STOW-RS bodies and WADO replies.
+"""Streaming multipart/related (RFC 2387 over RFC 2046 §5.1): STOW-RS bodies, WADO replies, imports.
 
 The parser is push-based and incremental: feed it chunks as they arrive from the socket and it
 returns events; it never holds more than one chunk plus a delimiter's length of body bytes.
