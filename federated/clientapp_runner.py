@@ -102,6 +102,14 @@ def _run_task(address: str, token: str, parent_pid: int) -> None:
 def _fork(target: object, *args: object) -> int:
     pid = os.fork()
     if pid == 0:
+        # A forked poller or worker must not outlive the wrapper: restore the default SIGTERM
+        # and SIGINT (the wrapper's handlers only forward to the SuperNode) and ask the kernel
+        # to SIGKILL it if the wrapper dies, however it dies.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _die_with_parent()
+        if os.getppid() == 1:  # the wrapper died between fork and prctl
+            os._exit(1)
         code = 0
         try:
             target(*args)  # type: ignore[operator]

@@ -62,9 +62,11 @@ def _small(rng: random.Random, study: str, series: str, ds: Dataset) -> Sample:
     return Sample(study, series, ds.SOPInstanceUID, buf.getvalue())
 
 
-def _large(rng: random.Random, study: str, series: str, _base: Dataset) -> Sample:
+def _large(
+    rng: random.Random, study: str, series: str, _base: Dataset, frames: int | None = None
+) -> Sample:
     """A multi-frame image of a few MiB: several encryption segments, so kills land mid-blob."""
-    frames = rng.randint(3, 6)
+    frames = frames or rng.randint(3, 6)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.UID("1.2.840.10008.5.1.4.1.1.7.3")
@@ -253,10 +255,24 @@ def test_sigkill_during_stow_loses_nothing_acknowledged(
             check_consistent(node, index_url, by_sop, acked)
 
         assert kills_mid_request >= ROUNDS - 1, "the kills should land while uploads run"
-        # The kills caught writes half-done (a temp file or an unindexed blob) and start-up
-        # cleaned them: the test exercised the crash windows, not only quiet moments.
-        logs = [p.read_text(errors="replace") for p in tmp_path.glob("node-node-*.log")]
-        assert any("start-up reconciliation removed" in log for log in logs)
+        # One more kill aimed squarely inside a write: a large instance streams in, and the node
+        # dies the moment its sealed temp file exists. Start-up must clean it and show nothing.
+        big = _large(rng, samples[0].study_uid, samples[0].series_uid, Dataset(), frames=96)
+        by_sop[big.sop_uid] = big
+        samples.append(big)
+        uploader = Uploader(node.dicomweb, [[big]], True)
+        thread = threading.Thread(target=uploader.run)
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not any((data_dir / "tmp").iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert any((data_dir / "tmp").iterdir()), "the large upload never reached the store"
+        node.kill()
+        thread.join(timeout=60)
+        assert not uploader.acked
+        node = start_node(data_dir, database_url)
+        check_consistent(node, index_url, by_sop, acked)
+        assert "start-up reconciliation removed" in node.log()
         # After the crashes, a client resends what was never acknowledged: the archive completes.
         rest = [s for s in samples if s.sop_uid not in acked]
         uploader = Uploader(
