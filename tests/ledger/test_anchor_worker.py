@@ -93,12 +93,29 @@ def test_background_worker_anchors_everything_by_stop(env: ChainEnv, audit_log: 
     client = AuditAnchorClient(env.chain_for(node), env.deployment)
     worker = AnchorWorker(audit_log, client, every_events=20, every_seconds=60, poll_interval=0.05)
     worker.start()
+
+    def anchored_sizes() -> list[int]:
+        return [size for size, _root, _block in client.history(node.address)]
+
     try:
-        for i in range(53):
+        # Each batch of 20 crosses the event threshold: the running worker anchors it without
+        # being asked (waited for, so the test does not depend on thread scheduling).
+        for batch in range(2):
+            for i in range(20):
+                audit_log.append(event(batch * 20 + i))
+            deadline = time.monotonic() + 30
+            while (not anchored_sizes() or anchored_sizes()[-1] < 20 * (batch + 1)) and (
+                time.monotonic() < deadline
+            ):
+                time.sleep(0.05)
+            assert anchored_sizes()[-1] >= 20 * (batch + 1), "worker did not anchor a full batch"
+        for i in range(40, 53):
             audit_log.append(event(i))
     finally:
         worker.stop()
-    assert len(client.history(node.address)) >= 2
+    # stop() anchors what is left below the threshold: nothing stays unanchored.
+    assert anchored_sizes()[-1] == 53
+    assert len(anchored_sizes()) >= 3
     assert_auditable(audit_log, client, node.address)
 
 
