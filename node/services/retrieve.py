@@ -29,6 +29,10 @@ def resolve(
 
 
 def _dek(archive: Archive, study_uid: str) -> bytes:
+    # Every retrieve needs the key: skip the pool checkout when it is already in memory.
+    dek = archive.keys.cached(study_uid)
+    if dek is not None:
+        return dek
     with archive.engine.connect() as conn:
         dek = archive.keys.get(conn, study_uid)
     if dek is None:

@@ -160,10 +160,14 @@ class StudyKeys:
                 self._cache.popitem(last=False)
         return dek
 
+    def cached(self, study_uid: str) -> bytes | None:
+        """The study's DEK if it is already unwrapped in memory (no database access)."""
+        with self._lock:
+            return self._cache.get(study_uid)
+
     def get(self, conn: Connection, study_uid: str) -> bytes | None:
         """The study's DEK, or None when the study has none (never stored, or shredded)."""
-        with self._lock:
-            dek = self._cache.get(study_uid)
+        dek = self.cached(study_uid)
         if dek is not None:
             return dek
         wrapped = conn.execute(

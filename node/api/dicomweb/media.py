@@ -267,14 +267,18 @@ def negotiate_bulkdata(accept: str | None) -> Representation:
     raise NotAcceptableError("bulk data is only available as application/octet-stream")
 
 
-def negotiate_metadata(accept: str | None) -> str:
-    """Choose the metadata media type: DICOM JSON (PS3.18 §8.7.3.4; XML is not offered)."""
+def negotiate_metadata(accept: str | None, what: str = "metadata") -> str:
+    """Choose a DICOM JSON media type (PS3.18 §8.7.3.4; XML is not offered).
+
+    Serves metadata, QIDO-RS results and STOW-RS responses alike; `what` names the resource in
+    the 406 message.
+    """
     for media_range in parse_accept(accept):
         if _matches(media_range.part_type, APPLICATION_DICOM_JSON):
             return APPLICATION_DICOM_JSON
         if media_range.part_type == APPLICATION_JSON:
             return APPLICATION_JSON
-    raise NotAcceptableError("metadata is only available as application/dicom+json")
+    raise NotAcceptableError(f"{what} is only available as application/dicom+json")
 
 
 def negotiate_rendered(accept: str | None) -> str:

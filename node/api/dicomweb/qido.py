@@ -14,28 +14,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from node.api.deps import ArchiveDep
-from node.dicom.multipart import parse_media_type
-from node.errors import NotAcceptableError
+from node.api.dicomweb import media
 from node.services import query as query_service
 from node.services.archive import Archive
 from node.services.metadata import metadata_loader
 from node.services.query import Query, QueryLevel, bounded, parse_query, search
 
 router = APIRouter(tags=["QIDO-RS"])
-
-DICOM_JSON = "application/dicom+json"
-_ACCEPTED = frozenset({DICOM_JSON, "application/json", "application/*", "*/*"})
-
-
-def _check_accept(accept: str | None) -> None:
-    """PS3.18 §10.6: results come as DICOM JSON; other media types get 406."""
-    if not accept:
-        return
-    for item in accept.split(","):
-        media, params = parse_media_type(item)
-        if media in _ACCEPTED and params.get("q", "1").strip() not in ("0", "0.0", "0.00"):
-            return
-    raise NotAcceptableError(f"search results are available as {DICOM_JSON} only")
 
 
 def _run(
@@ -60,7 +45,7 @@ async def _search(
     study_uid: str | None = None,
     series_uid: str | None = None,
 ) -> Response:
-    _check_accept(request.headers.get("accept"))
+    media_type = media.negotiate_metadata(request.headers.get("accept"), "search results")
     query = parse_query(level, request.query_params.multi_items())
     cap = query_service.MAX_RESULTS
     results = await to_thread.run_sync(_run, archive, bounded(query, cap), study_uid, series_uid)
@@ -78,7 +63,7 @@ async def _search(
             'server. Additional results can be requested."'
         )
     body = json.dumps(results, ensure_ascii=False, separators=(",", ":"))
-    return Response(body.encode(), media_type=DICOM_JSON, headers=headers)
+    return Response(body.encode(), media_type=media_type, headers=headers)
 
 
 @router.get("/studies")

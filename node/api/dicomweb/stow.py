@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from node.api.deps import ArchiveDep
+from node.api.dicomweb import media
 from node.dicom.multipart import (
     PartData,
     PartEnd,
@@ -17,7 +18,7 @@ from node.dicom.multipart import (
     parse_media_type,
     stow_boundary,
 )
-from node.errors import InvalidRequestError, NotAcceptableError, PayloadTooLargeError
+from node.errors import InvalidRequestError, PayloadTooLargeError
 from node.services.archive import Archive
 from node.services.delete import delete_by_sop_uids
 from node.services.store import (
@@ -28,18 +29,6 @@ from node.services.store import (
 )
 
 router = APIRouter(tags=["STOW-RS"])
-
-_ACCEPTABLE = {"application/dicom+json", "application/json", "*/*", "application/*"}
-
-
-def _check_accept(accept: str | None) -> None:
-    if not accept:
-        return
-    for item in accept.split(","):
-        media, _ = parse_media_type(item)
-        if media in _ACCEPTABLE:
-            return
-    raise NotAcceptableError("STOW-RS responses are available as application/dicom+json only")
 
 
 @router.post("/studies")
@@ -59,7 +48,7 @@ async def store_study_instances(
 async def _stow(request: Request, archive: Archive, study_uid: str | None) -> JSONResponse:
     settings = archive.settings
     boundary = stow_boundary(request.headers.get("content-type"))
-    _check_accept(request.headers.get("accept"))
+    media_type = media.negotiate_metadata(request.headers.get("accept"), "the store response")
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -83,8 +72,8 @@ async def _stow(request: Request, archive: Archive, study_uid: str | None) -> JS
                     raise PayloadTooLargeError(
                         f"request has more than {settings.max_instances_per_request} instances"
                     )
-                media = event.headers.get("content-type")
-                if media and parse_media_type(media)[0] != "application/dicom":
+                part_type = event.headers.get("content-type")
+                if part_type and parse_media_type(part_type)[0] != "application/dicom":
                     failed.append(StoreFailure(REASON_NOT_DICOM, "part is not application/dicom"))
                     ingest = None
                 else:
@@ -107,7 +96,7 @@ async def _stow(request: Request, archive: Archive, study_uid: str | None) -> JS
         raise InvalidRequestError("multipart body contains no parts")
     body = _response(stored, failed, archive.settings.base_url + "/dicom-web")
     status = 200 if not failed else 202 if stored else 409
-    return JSONResponse(body, status_code=status, media_type="application/dicom+json")
+    return JSONResponse(body, status_code=status, media_type=media_type)
 
 
 def _attr(vr: str, *values: Any) -> dict[str, Any]:
