@@ -45,7 +45,8 @@ async def _search(
     study_uid: str | None = None,
     series_uid: str | None = None,
 ) -> Response:
-    media_type = media.negotiate_metadata(request.headers.get("accept"), "search results")
+    # Refuses what is not DICOM JSON; results are always labelled application/dicom+json.
+    media.negotiate_metadata(request.headers.get("accept"), "search results")
     query = parse_query(level, request.query_params.multi_items())
     cap = query_service.MAX_RESULTS
     results = await to_thread.run_sync(_run, archive, bounded(query, cap), study_uid, series_uid)
@@ -63,7 +64,7 @@ async def _search(
             'server. Additional results can be requested."'
         )
     body = json.dumps(results, ensure_ascii=False, separators=(",", ":"))
-    return Response(body.encode(), media_type=media_type, headers=headers)
+    return Response(body.encode(), media_type="application/dicom+json", headers=headers)
 
 
 @router.get("/studies")

@@ -48,7 +48,7 @@ async def store_study_instances(
 async def _stow(request: Request, archive: Archive, study_uid: str | None) -> JSONResponse:
     settings = archive.settings
     boundary = stow_boundary(request.headers.get("content-type"))
-    media_type = media.negotiate_metadata(request.headers.get("accept"), "the store response")
+    media.negotiate_metadata(request.headers.get("accept"), "the store response")
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -96,7 +96,7 @@ async def _stow(request: Request, archive: Archive, study_uid: str | None) -> JS
         raise InvalidRequestError("multipart body contains no parts")
     body = _response(stored, failed, archive.settings.base_url + "/dicom-web")
     status = 200 if not failed else 202 if stored else 409
-    return JSONResponse(body, status_code=status, media_type=media_type)
+    return JSONResponse(body, status_code=status, media_type="application/dicom+json")
 
 
 def _attr(vr: str, *values: Any) -> dict[str, Any]:
