@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -20,6 +20,27 @@ from pydantic_settings import (
 )
 
 GIB = 1 << 30
+
+
+class RemoteAE(BaseModel):
+    """A DICOM application entity this node talks to: where it listens and what it is.
+
+    `role` decides what it may do: a `modality` stores acquisitions (with an accession number)
+    and queries the worklist; a `workstation` queries and retrieves; an `archive` may store
+    without an order (migrations, peers). C-MOVE destinations must be known AEs.
+    """
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    role: Literal["modality", "workstation", "archive"] = "workstation"
+
+
+def _check_ae_title(value: str) -> str:
+    # PS3.5 §6.2: AE is at most 16 characters of the default repertoire, no backslash or controls.
+    stripped = value.strip()
+    if not stripped or len(stripped) > 16 or "\\" in stripped or not stripped.isprintable():
+        raise ValueError(f"invalid AE title {value!r}: 1-16 printable characters, no backslash")
+    return stripped
 
 
 class _TomlFileSource(PydanticBaseSettingsSource):
@@ -70,11 +91,37 @@ class NodeSettings(BaseSettings):
         default=64 << 20, gt=0, description="largest DICOM header (all before Pixel Data)"
     )
     fsync: bool = Field(default=True, description="fsync blobs and directories before acking")
+    # DIMSE (PS3.7) service: 0 turns the listener off.
+    dimse_port: int = Field(default=11112, ge=0, le=65535)
+    ae_title: str = Field(default="PACSMESH", description="this node's DICOM AE title")
+    remote_aes: dict[str, RemoteAE] = Field(
+        default_factory=dict, description="known AE titles: only these may associate"
+    )
+    # HL7 v2 over MLLP: 0 turns the listener off.
+    hl7_port: int = Field(default=2575, ge=0, le=65535)
+    hl7_application: str = Field(default="PACSMESH", description="MSH-3/MSH-5 name of this node")
+    hl7_facility: str = Field(default="PACSMESH", description="MSH-4/MSH-6 facility")
+    ocs_host: str | None = Field(default=None, description="order system MLLP host (outbound)")
+    ocs_port: int | None = Field(default=None, ge=1, le=65535)
+    ocs_application: str = Field(default="OCS", description="MSH-5 of messages to the OCS")
+    ocs_facility: str = Field(default="HOSPITAL", description="MSH-6 of messages to the OCS")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_own_title(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @field_validator("remote_aes")
+    @classmethod
+    def _check_remote_titles(cls, value: dict[str, RemoteAE]) -> dict[str, RemoteAE]:
+        return {_check_ae_title(title): ae for title, ae in value.items()}
 
     @model_validator(mode="after")
     def _check(self) -> NodeSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
+        if (self.ocs_host is None) != (self.ocs_port is None):
+            raise ValueError("ocs_host and ocs_port must be given together")
         if self.environment == "production" and self.kek_source == "file":
             # The default key file sits beside the data it protects: fine for development,
             # refused in production, where the KEK must come from elsewhere.

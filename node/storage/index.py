@@ -107,3 +107,7 @@ class NodeMeta(SQLModel, table=True):
 
     key: str = Field(primary_key=True, max_length=64)
     value: str = Field(max_length=512)
+
+
+# The workflow tables share this metadata: importing the index registers every table.
+from node.storage import workflow_index  # noqa: E402, F401

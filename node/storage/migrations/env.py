@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlmodel import SQLModel
 
-import node.storage.index  # noqa: F401  (registers the tables on SQLModel.metadata)
+import node.storage.index  # noqa: F401  (registers every table, workflow ones too)
 
 target_metadata = SQLModel.metadata
 
