@@ -57,9 +57,16 @@ def serve(
     kek_source: Annotated[
         str | None, typer.Option(help="KEK source: file | file:PATH | env:VAR")
     ] = None,
+    dimse_port: Annotated[
+        int | None, typer.Option(help="DIMSE port (default 11112; 0 = off)")
+    ] = None,
+    ae_title: Annotated[str | None, typer.Option(help="this node's AE title")] = None,
+    hl7_port: Annotated[
+        int | None, typer.Option(help="HL7 v2 MLLP port (default 2575; 0 = off)")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
 ) -> None:
-    """Run a node: DICOMweb over HTTP(S) on one port."""
+    """Run a node: DICOMweb and FHIR over HTTP(S), DIMSE and HL7 v2 (MLLP) beside them."""
     import uvicorn
 
     from node.app import create_app
@@ -74,6 +81,9 @@ def serve(
         tls_key=tls_key,
         database_url=database_url,
         kek_source=kek_source,
+        dimse_port=dimse_port,
+        ae_title=ae_title,
+        hl7_port=hl7_port,
     )
     try:
         archive = Archive.open(settings)

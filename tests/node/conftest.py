@@ -117,6 +117,11 @@ def start_node(
     log_path = data_dir.parent / f"{data_dir.name}-node-{port}.log"
     cmd = [sys.executable, "-m", "node.cli", "node", "serve", "--data-dir", str(data_dir)]
     cmd += ["--port", str(port), *(args or [])]
+    # Protocol listeners stay off unless a test asks for them: fixed default ports would
+    # collide between the nodes a test run starts.
+    for flag in ("--dimse-port", "--hl7-port"):
+        if flag not in cmd:
+            cmd += [flag, "0"]
     if database_url:
         cmd += ["--database-url", database_url]
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
