@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any
 
-from ledger.audit_events import AuditEvent, parse_event
-from ledger.audit_log import AuditLog, AuditLogError
+from ledger.audit_events import AuditEvent
+from ledger.audit_log import AuditLog, AuditLogError, EncodedEvent, encode_event
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,12 @@ class AuditRecorder:
             raise ValueError("max_batch must be at least 1")
         self.log = audit_log
         self.max_batch = max_batch
-        self._queue: deque[tuple[AuditEvent, Future[int]]] = deque()
+        self._queue: deque[tuple[EncodedEvent, Future[int]]] = deque()
         self._wakeup = threading.Condition()
         self._closing = False
+        # Written by the writer thread only; for metrics and benchmarks.
+        self.committed_batches = 0
+        self.committed_events = 0
         self._writer = threading.Thread(target=self._run, name="audit-recorder", daemon=True)
         self._writer.start()
 
@@ -72,12 +75,14 @@ class AuditRecorder:
         future cancelled before its batch is taken is not recorded. An invalid event raises
         ``AuditEventError`` here, at once, so it never fails the other events of a batch.
         """
-        parsed = parse_event(dict(event) if isinstance(event, Mapping) else event)
+        # Validated and encoded here, in the caller's thread: that work (a third of a commit's)
+        # then overlaps the writer's disk flush instead of lengthening every commit.
+        entry = encode_event(event)
         future: Future[int] = Future()
         with self._wakeup:
             if self._closing:
                 raise AuditRecorderClosedError("the audit recorder is closed")
-            self._queue.append((parsed, future))
+            self._queue.append((entry, future))
             if len(self._queue) == 1:
                 self._wakeup.notify()
         return future
@@ -96,7 +101,7 @@ class AuditRecorder:
         if self._writer.is_alive():
             raise AuditLogError(f"the audit recorder did not drain within {timeout} s")
 
-    def _take_batch(self) -> list[tuple[AuditEvent, Future[int]]] | None:
+    def _take_batch(self) -> list[tuple[EncodedEvent, Future[int]]] | None:
         with self._wakeup:
             while not self._queue and not self._closing:
                 self._wakeup.wait()
@@ -122,9 +127,9 @@ class AuditRecorder:
                 if future.set_running_or_notify_cancel():
                     future.set_exception(AuditRecorderClosedError("the audit recorder stopped"))
 
-    def _commit(self, batch: list[tuple[AuditEvent, Future[int]]]) -> None:
+    def _commit(self, batch: list[tuple[EncodedEvent, Future[int]]]) -> None:
         try:
-            indices = self.log.append_many(e for e, _ in batch)
+            indices = self.log.append_encoded([e for e, _ in batch])
         except BaseException as exc:
             # The transaction rolled back: none of these events is in the log, and every caller
             # must learn it. Each gets its own exception object (they are raised in many threads).
@@ -137,5 +142,7 @@ class AuditRecorder:
             if not isinstance(exc, Exception):
                 raise
             return
+        self.committed_batches += 1
+        self.committed_events += len(batch)
         for (_, future), index in zip(batch, indices, strict=True):
             future.set_result(index)
