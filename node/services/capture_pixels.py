@@ -68,7 +68,7 @@ def decode_image(data: bytes, position: int) -> DecodedImage:
         raise PayloadTooLargeError(f"{label} has too many pixels") from exc
     except _DECODE_ERRORS as exc:
         raise InvalidRequestError(
-            f"{label} is not a readable image ({type(exc).__name__})"
+            f"{label} is corrupt or truncated ({type(exc).__name__})"
         ) from exc
     source = _ACCEPTED_FORMATS.get(image.format or "")
     if source is None:

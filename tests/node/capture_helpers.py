@@ -76,21 +76,43 @@ def jpeg(pixels: npt.NDArray[Any], quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
+def gif(pixels: npt.NDArray[Any]) -> bytes:
+    """A GIF: an image format the gateway does not take."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "GIF")
+    return buffer.getvalue()
+
+
 def decoded(data: bytes) -> npt.NDArray[Any]:
     """What Pillow decodes a file to (the reference for JPEG inputs)."""
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
-def huge_png_header(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims a huge 8-bit grayscale image (for the size limit)."""
+def _png_file(width: int, height: int, depth: int, colour: int, raw: bytes) -> bytes:
+    """A PNG written by hand (PNG §5, §11.2.2), for what Pillow cannot write."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         crc = zlib.crc32(kind + body) & 0xFFFFFFFF
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def huge_png_header(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims a huge 8-bit grayscale image (for the size limit)."""
+    return _png_file(width, height, 8, 0, b"\x00" * 64)
+
+
+def deep_colour_png(width: int, height: int) -> bytes:
+    """A valid 16-bit-per-channel RGB PNG (filter byte 0 on every row)."""
+    row = b"\x00" + bytes(range(6)) * width
+    return _png_file(width, height, 16, 2, row * height)
 
 
 def dciodvfy_errors(ds: Dataset, tmp_path: Path) -> list[str]:
