@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from PIL import Image
 from pydicom.dataset import Dataset
 
 from tests.node.capture_helpers import (
@@ -209,3 +211,20 @@ def test_capture_joins_the_study_already_matched_to_the_order(
     assert ds.StudyInstanceUID == "1.2.3.4.5.6"
     # The order's own worklist UID stays on record in the request attributes.
     assert ds.RequestAttributesSequence[0].StudyInstanceUID == order.study_uid
+
+
+def test_animated_png_frames_become_frames(
+    sqlite_node: tuple[RunningNode, str], tmp_path: Path
+) -> None:
+    node, url = sqlite_node
+    add_order(url, "ACC-APNG")
+    frames = [RNG.integers(0, 256, (30, 40), dtype=np.uint8) for _ in range(3)]
+    buffer = io.BytesIO()
+    first, *rest = (Image.fromarray(f) for f in frames)
+    first.save(buffer, "PNG", save_all=True, append_images=rest, duration=100)
+    reply = _post(node, "ACC-APNG", [buffer.getvalue()])
+    assert reply.status_code == 201, reply.text
+    ds = _retrieve(node, reply)
+    assert int(ds.NumberOfFrames) == 3
+    assert np.array_equal(_frames(ds), np.stack(frames))
+    assert dciodvfy_errors(ds, tmp_path) == []
