@@ -163,6 +163,7 @@ def _mount_roles() -> None:
     from federated.cli import federated_app
     from ledger.audit_cli import audit_app
     from ledger.cli import consent_app, consortium_app, ledger_app, patient_app
+    from node.cli_capture import capture
 
     for group, name in (
         (ledger_app, "ledger"),
@@ -173,6 +174,7 @@ def _mount_roles() -> None:
         (federated_app, "federated"),
     ):
         app.add_typer(group, name=name)
+    node_app.command("capture")(capture)
 
 
 @app.command("demo")
