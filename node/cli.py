@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from node.cli_enroll import enroll
 from node.errors import NodeError
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 node_app = typer.Typer(help="Run and administer a hospital node.", no_args_is_help=True)
+node_app.command("enroll")(enroll)  # TLS identity in the consortium (issue #6)
 app.add_typer(node_app, name="node")
 
 DataDir = Annotated[

@@ -105,6 +105,15 @@ class NodeSettings(BaseSettings):
     ocs_port: int | None = Field(default=None, ge=1, le=65535)
     ocs_application: str = Field(default="OCS", description="MSH-5 of messages to the OCS")
     ocs_facility: str = Field(default="HOSPITAL", description="MSH-6 of messages to the OCS")
+    # -- issue #6 (pki-deid): consortium mutual TLS, see node/tls and docs/security-pki.md --
+    tls_ca_cert: Path | None = Field(
+        default=None, description="consortium CA certificate: peers must present one it issued"
+    )
+    tls_client_cert: Literal["optional", "required"] = Field(
+        default="optional",
+        description="'required' for a peer-only port; 'optional' where users without a "
+        "certificate also connect (peer routes still demand one)",
+    )
 
     @field_validator("ae_title")
     @classmethod
