@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from node.api.dicomweb.router import build_router as build_dicomweb_router
+from node.api.fhir.router import build_router as build_fhir_router
 from node.errors import NodeError
 from node.services.archive import Archive
 from node.settings import NodeSettings
@@ -48,6 +49,7 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
     if archive is not None:
         app.state.archive = archive
     app.include_router(build_dicomweb_router(), prefix="/dicom-web")
+    app.include_router(build_fhir_router(), prefix="/fhir")
     _install_error_handlers(app)
 
     @app.get("/healthz", include_in_schema=False)
