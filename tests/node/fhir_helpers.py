@@ -1,0 +1,151 @@
+"""FHIR test helpers: a real node on a loopback socket, and a client that validates every
+FHIR JSON it receives against the R4B models of fhir.resources."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from fhir.resources.R4B import get_fhir_model_class
+from pydicom import Dataset
+from sqlalchemy import Engine, insert
+
+from node.app import create_app
+from node.services.archive import Archive
+from node.settings import NodeSettings
+from node.storage.workflow_index import ImagingOrder, Observation, Patient
+from tests.node.conftest import free_port
+from tests.node.factories import to_bytes
+
+FHIR_JSON = "application/fhir+json"
+
+
+def validate(body: Any) -> Any:
+    """Validate a FHIR resource (and every resource nested in a Bundle) with the R4B models."""
+    assert isinstance(body, dict) and "resourceType" in body, body
+    model = get_fhir_model_class(body["resourceType"])
+    model.model_validate(body)
+    for entry in body.get("entry", []):
+        if "resource" in entry:
+            validate(entry["resource"])
+    for contained in body.get("contained", []):
+        validate(contained)
+    return body
+
+
+@dataclass
+class FhirNode:
+    """A node app served by uvicorn, with its archive for direct row inserts."""
+
+    url: str
+    archive: Archive
+
+    @property
+    def fhir(self) -> str:
+        return f"{self.url}/fhir"
+
+    @property
+    def engine(self) -> Engine:
+        return self.archive.engine
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A FHIR request; every JSON reply must be FHIR JSON that validates."""
+        url = path if path.startswith("http") else f"{self.fhir}/{path.lstrip('/')}"
+        r = httpx.request(method, url, timeout=60, **kwargs)
+        if r.content:
+            assert r.headers["content-type"].startswith(FHIR_JSON), r.headers
+            validate(r.json())
+        return r
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, **kwargs)
+
+    def search(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        """A search that must succeed: its searchset Bundle."""
+        r = self.get(path, **kwargs)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        assert body["type"] == "searchset"
+        return body
+
+    def stow(self, datasets: list[Dataset]) -> None:
+        """Store instances through STOW-RS, the way a modality's gateway would."""
+        boundary = "pacsmesh-fhir-test-boundary"
+        body = b"".join(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + to_bytes(ds)
+            + b"\r\n"
+            for ds in datasets
+        )
+        body += f"--{boundary}--\r\n".encode()
+        r = httpx.post(
+            f"{self.url}/dicom-web/studies",
+            content=body,
+            headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Accept": "application/dicom+json",
+            },
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+
+    def add_patient(self, **values: Any) -> int:
+        """Insert a patient row as the ADT listener would; returns its key (the FHIR id)."""
+        if values.get("name"):
+            values.setdefault("name_search", values["name"].upper())
+        with self.engine.begin() as conn:
+            key = conn.execute(insert(Patient.__table__).values(**values)).inserted_primary_key  # type: ignore[attr-defined]
+        assert key is not None
+        return int(key[0])
+
+    def add_order(self, **values: Any) -> None:
+        """Insert an imaging order row as the order listener would."""
+        with self.engine.begin() as conn:
+            conn.execute(insert(ImagingOrder.__table__).values(**values))  # type: ignore[attr-defined]
+
+    def add_observation(self, **values: Any) -> int:
+        """Insert a finding row; returns its key."""
+        with self.engine.begin() as conn:
+            key = conn.execute(
+                insert(Observation.__table__).values(**values)  # type: ignore[attr-defined]
+            ).inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+
+@contextmanager
+def serve_node(data_dir: Path, database_url: str | None = None) -> Iterator[FhirNode]:
+    """Run the node app on a free loopback port until the block ends."""
+    port = free_port()
+    settings = NodeSettings(
+        data_dir=data_dir,
+        port=port,
+        database_url=database_url,
+        fsync=False,
+        dimse_port=0,
+        hl7_port=0,
+    )
+    archive = Archive.open(settings)
+    app = create_app(settings, archive)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    try:
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "node did not start"
+            time.sleep(0.05)
+        yield FhirNode(f"http://127.0.0.1:{port}", archive)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        archive.close()
