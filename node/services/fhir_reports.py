@@ -39,6 +39,11 @@ LOINC: Final = "http://loinc.org"
 SEARCH_PARAMS: Final = frozenset(
     {"_id", "patient", "subject", "status", "date", "based-on", "code", "result"}
 )
+# R4 value set diagnostic-report-status (required binding).
+REPORT_STATUSES: Final = frozenset(
+    {"registered", "partial", "preliminary", "final", "amended", "corrected", "appended"}
+    | {"cancelled", "entered-in-error", "unknown"}
+)
 _V2_0074: Final = "http://terminology.hl7.org/CodeSystem/v2-0074"
 
 
@@ -235,6 +240,10 @@ def parse_report(conn: Connection, body: bytes, resource_id: str | None) -> Repo
             for e in exc.errors(include_input=False)
         )
         raise InvalidRequestError(f"invalid DiagnosticReport: {problems}") from exc
+    if model.status not in REPORT_STATUSES:
+        # The R4B models do not check required code bindings; R4 binds this one (required).
+        allowed = ", ".join(sorted(REPORT_STATUSES))
+        raise InvalidRequestError(f"invalid DiagnosticReport: status must be one of {allowed}")
     if resource_id is not None and model.id != resource_id:
         # R4 §3.1.0.4 update: the body's id must be the id in the URL.
         raise InvalidRequestError("the resource id in the body must match the id in the URL")

@@ -3,6 +3,7 @@ FHIR JSON it receives against the R4B models of fhir.resources."""
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import uvicorn
 from fhir.resources.R4B import get_fhir_model_class
 from pydicom import Dataset
@@ -23,6 +25,7 @@ from node.settings import NodeSettings
 from node.storage.workflow_index import ImagingOrder, Observation, Patient
 from tests.node.conftest import free_port
 from tests.node.factories import to_bytes
+from tests.node.query_fixtures import PG_ADMIN_URL, PG_URL_TEMPLATE
 
 FHIR_JSON = "application/fhir+json"
 
@@ -118,6 +121,22 @@ class FhirNode:
             ).inserted_primary_key
         assert key is not None
         return int(key[0])
+
+
+@contextmanager
+def index_database(backend: str) -> Iterator[str | None]:
+    """None for the embedded SQLite index, or the URL of a throwaway PostgreSQL database."""
+    if backend == "sqlite":
+        yield None
+        return
+    name = f"pacsmesh_fhir_{secrets.token_hex(5)}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_URL_TEMPLATE.format(name=name)
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager

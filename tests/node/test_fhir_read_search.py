@@ -19,7 +19,7 @@ from node.services import (
     fhir_reports,
 )
 from tests.node.factories import CT_IMAGE_STORAGE, make_ct
-from tests.node.fhir_helpers import FhirNode, serve_node
+from tests.node.fhir_helpers import FhirNode, index_database, serve_node
 
 
 @dataclass
@@ -33,9 +33,14 @@ class World:
     finding: int
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    with serve_node(tmp_path_factory.mktemp("fhir-node")) as node:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    with (
+        index_database(request.param) as url,
+        serve_node(tmp_path_factory.mktemp("fhir-node"), url) as node,
+    ):
         jane = node.add_patient(
             mrn="MRN-1", issuer="HOSP", name="Doe^Jane^Q", sex="F", birth_date="19800214"
         )
