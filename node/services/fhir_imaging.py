@@ -35,6 +35,7 @@ SERIES_T: Final = cast(Table, Series.__table__)  # type: ignore[attr-defined]
 INSTANCE_T: Final = cast(Table, Instance.__table__)  # type: ignore[attr-defined]
 SEARCH_PARAMS: Final = frozenset(
     {"_id", "identifier", "patient", "subject", "started", "modality", "status", "basedon"}
+    | {"accession"}  # a pacsmesh parameter: the accession number alone
 )
 DICOM_UID_SYSTEM: Final = "urn:dicom:uid"
 ENDPOINT_ID: Final = "dicomweb"
@@ -203,6 +204,8 @@ def search_studies(conn: Connection, search: SearchRequest) -> Page:
             where.append(_patient(conn, values, param))
     for values in split_or(search.values("identifier")):
         where.append(or_(*(_identifier(v) for v in values)))
+    for values in split_or(search.values("accession")):
+        where.append(t.c.accession_number.in_([token(v)[1] for v in values]))
     for values in split_or(search.values("started")):
         where.append(or_(*(date_condition(t.c.study_date, v, "started") for v in values)))
     for values in split_or(search.values("modality")):

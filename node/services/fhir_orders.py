@@ -31,6 +31,7 @@ from node.storage.workflow_index import ImagingOrder
 ORDER_T: Final = cast(Table, ImagingOrder.__table__)  # type: ignore[attr-defined]
 SEARCH_PARAMS: Final = frozenset(
     {"_id", "identifier", "patient", "subject", "status", "occurrence", "code"}
+    | {"accession", "modality"}  # pacsmesh parameters: the hospital's keys for an order
 )
 DCM: Final = "http://dicom.nema.org/resources/ontology/DCM"
 # DICOM coding scheme designators (PS3.16 §8) as FHIR code system URIs.
@@ -220,6 +221,10 @@ def search_orders(conn: Connection, search: SearchRequest) -> Page:
         where.append(or_(*(date_condition(col, v, "occurrence") for v in values)))
     for values in split_or(search.values("code")):
         where.append(or_(*(_code_match(v) for v in values)))
+    for values in split_or(search.values("accession")):
+        where.append(t.c.accession_number.in_([token(v)[1] for v in values]))
+    for values in split_or(search.values("modality")):
+        where.append(t.c.modality.in_([token(v)[1] for v in values]))
     order = [t.c.scheduled_date.asc().nulls_last(), t.c.accession_number]
     total, rows = run_page(conn, t, where, order, search)
     return Page(total, [order_resource(conn, row) for row in rows])

@@ -37,7 +37,7 @@ from node.storage.workflow_index import Observation
 OBSERVATION_T: Final = Observation.__table__  # type: ignore[attr-defined]
 LOINC: Final = "http://loinc.org"
 SEARCH_PARAMS: Final = frozenset(
-    {"_id", "patient", "subject", "status", "date", "based-on", "code", "result"}
+    {"_id", "patient", "subject", "status", "date", "based-on", "code", "result", "accession"}
 )
 # R4 value set diagnostic-report-status (required binding).
 REPORT_STATUSES: Final = frozenset(
@@ -207,6 +207,8 @@ def search_reports(conn: Connection, search: SearchRequest) -> Page:
     for values in split_or(search.values("based-on")):
         accessions = [accession_of(reference_id(v, "ServiceRequest", "based-on")) for v in values]
         where.append(t.c.accession_number.in_([a for a in accessions if a]))
+    for values in split_or(search.values("accession")):
+        where.append(t.c.accession_number.in_([token(v)[1] for v in values]))
     for values in split_or(search.values("code")):
         where.append(t.c.code.in_([token(v)[1] for v in values]))
     for values in split_or(search.values("result")):

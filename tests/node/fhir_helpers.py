@@ -30,11 +30,73 @@ from tests.node.query_fixtures import PG_ADMIN_URL, PG_URL_TEMPLATE
 FHIR_JSON = "application/fhir+json"
 
 
+# R4 "required" code bindings of the elements the node emits. The R4B models check structure
+# and datatypes but not bindings, so the helper checks these itself.
+_REQUIRED: dict[tuple[str, str], frozenset[str]] = {
+    ("Patient", "gender"): frozenset({"male", "female", "other", "unknown"}),
+    ("Patient", "link.type"): frozenset({"replaced-by", "replaces", "refer", "seealso"}),
+    ("ServiceRequest", "status"): frozenset(
+        {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}
+    ),
+    ("ServiceRequest", "intent"): frozenset(
+        {"proposal", "plan", "directive", "order", "original-order", "reflex-order"}
+        | {"filler-order", "instance-order", "option"}
+    ),
+    ("ServiceRequest", "priority"): frozenset({"routine", "urgent", "asap", "stat"}),
+    ("ImagingStudy", "status"): frozenset(
+        {"registered", "available", "cancelled", "entered-in-error", "unknown"}
+    ),
+    ("DiagnosticReport", "status"): frozenset(
+        {"registered", "partial", "preliminary", "final", "amended", "corrected", "appended"}
+        | {"cancelled", "entered-in-error", "unknown"}
+    ),
+    ("Observation", "status"): frozenset(
+        {"registered", "preliminary", "final", "amended", "corrected", "cancelled"}
+        | {"entered-in-error", "unknown"}
+    ),
+    ("Endpoint", "status"): frozenset(
+        {"active", "suspended", "error", "off", "entered-in-error", "test"}
+    ),
+    ("Bundle", "type"): frozenset({"searchset", "history"}),
+    ("OperationOutcome", "issue.severity"): frozenset({"fatal", "error", "warning", "information"}),
+    ("OperationOutcome", "issue.code"): frozenset(
+        {"invalid", "structure", "required", "value", "invariant", "security", "login"}
+        | {"unknown", "expired", "forbidden", "suppressed", "processing", "not-supported"}
+        | {"duplicate", "multiple-matches", "not-found", "deleted", "too-long", "code-invalid"}
+        | {"extension", "too-costly", "business-rule", "conflict", "transient", "lock-error"}
+        | {"no-store", "exception", "timeout", "incomplete", "throttled", "informational"}
+    ),
+    ("CapabilityStatement", "rest.resource.interaction.code"): frozenset(
+        {"read", "vread", "update", "patch", "delete", "history-instance", "history-type"}
+        | {"create", "search-type"}
+    ),
+    ("CapabilityStatement", "rest.resource.searchParam.type"): frozenset(
+        {"number", "date", "string", "token", "reference", "composite", "quantity", "uri"}
+        | {"special"}
+    ),
+}
+
+
+def _values_at(node: Any, path: list[str]) -> list[Any]:
+    if not path:
+        return [node]
+    if isinstance(node, list):
+        return [v for item in node for v in _values_at(item, path)]
+    if isinstance(node, dict) and path[0] in node:
+        return _values_at(node[path[0]], path[1:])
+    return []
+
+
 def validate(body: Any) -> Any:
-    """Validate a FHIR resource (and every resource nested in a Bundle) with the R4B models."""
+    """Validate a FHIR resource (and every resource nested in a Bundle) with the R4B models,
+    plus the required code bindings the models leave unchecked."""
     assert isinstance(body, dict) and "resourceType" in body, body
     model = get_fhir_model_class(body["resourceType"])
     model.model_validate(body)
+    for (resource_type, path), allowed in _REQUIRED.items():
+        if resource_type == body["resourceType"]:
+            for value in _values_at(body, path.split(".")):
+                assert value in allowed, f"{resource_type}.{path} = {value!r} is not in R4"
     for entry in body.get("entry", []):
         if "resource" in entry:
             validate(entry["resource"])

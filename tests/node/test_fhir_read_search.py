@@ -290,6 +290,8 @@ def test_service_request_search(world: World) -> None:
     assert _ids(n.search("ServiceRequest?identifier=PL-1")) == ["ACC-1"]
     assert _ids(n.search("ServiceRequest?code=http://loinc.org|CTCHEST")) == ["ACC-1"]
     assert _ids(n.search("ServiceRequest?occurrence=2024-03")) == ["ACC-1"]
+    assert _ids(n.search("ServiceRequest?accession=ACC-2")) == ["ACC-2"]
+    assert _ids(n.search("ServiceRequest?modality=MR")) == ["ACC.2F3.20x"]
     assert _ids(n.search("ServiceRequest?patient=Patient/424242")) == []
 
 
@@ -330,6 +332,8 @@ def test_imaging_study_search(world: World) -> None:
     assert _ids(n.search(f"ImagingStudy?identifier=urn:oid:{s2}")) == [s2]
     assert _ids(n.search("ImagingStudy?identifier=ACC-X")) == [s2]
     assert _ids(n.search("ImagingStudy?modality=MR")) == [s1]
+    assert _ids(n.search("ImagingStudy?accession=ACC-2")) == [s1]
+    assert _ids(n.search("ImagingStudy?accession=ACC-1")) == []
     assert _ids(
         n.search("ImagingStudy?modality=http://dicom.nema.org/resources/ontology/DCM|CT")
     ) == [s2, s1]

@@ -218,6 +218,7 @@ def test_report_search(node: FhirNode) -> None:
     assert ids(f"patient=Patient/{case.patient_id}") == [rid]
     assert ids(f"subject={other.patient_id}") == [other_id]
     assert ids(f"based-on=ServiceRequest/{case.accession}") == [rid]
+    assert ids(f"accession={other.accession}") == [other_id]
     assert rid in ids("status=final") and other_id not in ids("status=final")
     assert {rid, other_id} <= set(ids("date=2024-02-20"))
     assert ids("date=2023") == []

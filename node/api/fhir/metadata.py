@@ -37,7 +37,11 @@ _PARAM_DOCS: Final[dict[str, tuple[str, str]]] = {
     "occurrence": ("date", "scheduled date of the order"),
     "code": ("token", "the code, optionally system|code"),
     "started": ("date", "study date"),
-    "modality": ("token", "modality of any series (DICOM CID 29 code)"),
+    "modality": (
+        "token",
+        "DICOM modality code (CID 29): of any series (ImagingStudy), ordered (ServiceRequest)",
+    ),
+    "accession": ("token", "the accession number (a pacsmesh search parameter)"),
     "basedon": ("reference", "the ServiceRequest the study fulfils"),
     "based-on": ("reference", "the ServiceRequest the report fulfils"),
     "date": ("date", "the study date of the report (effective)"),
