@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -308,3 +309,18 @@ def test_imaging_study_follows_the_archive(node: FhirNode) -> None:
     assert r.status_code in (200, 202, 204), r.text
     r = node.get(f"ImagingStudy/{case.study_uid}")
     assert r.status_code == 404 and r.json()["issue"][0]["code"] == "not-found"
+
+
+def test_racing_finalisations_send_one_report(node: FhirNode) -> None:
+    case = _case(node, "RACE")
+    rid = _post(node, _report(case, "preliminary", "p", "p")).json()["id"]
+    before = len(_outbox(node))
+    body = _report(case, "final", "Final.", "Final.", id=rid)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        statuses = list(pool.map(lambda _: _put(node, rid, body).status_code, range(6)))
+    # One radiologist's click wins; the others are told the report moved on (409/412/422).
+    assert statuses.count(200) == 1, statuses
+    assert set(statuses) - {200} <= {409, 412, 422}, statuses
+    assert [p["report"]["status"] for _, p in _outbox(node)[before:]] == ["final"]
+    history = node.get(f"DiagnosticReport/{rid}/_history").json()
+    assert history["total"] == 2
