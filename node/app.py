@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from node.api.dicomweb.router import build_router as build_dicomweb_router
+from node.api.fhir.router import build_router as build_fhir_router
 from node.api.gateway import router as gateway_router
 from node.errors import NodeError
 from node.services.archive import Archive
@@ -50,6 +51,7 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
         app.state.archive = archive
     app.include_router(build_dicomweb_router(), prefix="/dicom-web")
     app.include_router(gateway_router)
+    app.include_router(build_fhir_router(), prefix="/fhir")
     _install_error_handlers(app)
 
     @app.get("/healthz", include_in_schema=False)
