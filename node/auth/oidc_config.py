@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 
 class OidcIssuer(BaseModel):
@@ -23,11 +23,16 @@ class OidcIssuer(BaseModel):
     subject_claim: str = "sub"
     role_claim: str = "roles"
     role_map: dict[str, str] = Field(default_factory=dict)
-    # None: the role's default scopes apply. A claim name: the SMART scopes found there, capped
-    # by what the role may ever hold (a token without SMART scopes then allows nothing).
+    # None or "" (TOML has no null): the role's default scopes apply. A claim name: the SMART
+    # scopes found there, capped by the role (a token without SMART scopes then allows nothing).
     scope_claim: str | None = "scope"
     patient_mrn_claim: str | None = None
     patient_issuer: str = ""
+
+    @field_validator("scope_claim", "patient_mrn_claim")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
 
     @model_validator(mode="after")
     def _check(self) -> OidcIssuer:

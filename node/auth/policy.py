@@ -90,8 +90,24 @@ class Scope:
             and self.action in ("*", other.action)
         )
 
+    def meet(self, other: Scope) -> Scope | None:
+        """What both grant (`user/*.read` and `user/Patient.*` meet in `user/Patient.read`)."""
+        if self.context != other.context:
+            return None
+        resource = _meet(self.resource, other.resource)
+        action = _meet(self.action, other.action)
+        return Scope(self.context, resource, action) if resource and action else None
+
     def __str__(self) -> str:
         return f"{self.context}/{self.resource}.{self.action}"
+
+
+def _meet(a: str, b: str) -> str | None:
+    if a == "*":
+        return b
+    if b in ("*", a):
+        return a
+    return None
 
 
 def parse_scopes(text: str | Iterable[str]) -> tuple[Scope, ...]:
@@ -107,12 +123,19 @@ def role_scopes(role: str) -> tuple[Scope, ...]:
 
 
 def cap_scopes(role: str, requested: Iterable[Scope]) -> tuple[Scope, ...]:
-    """The requested scopes the role's ceiling covers, in order, without duplicates."""
+    """The intersection of the requested scopes with the role's ceiling, without duplicates.
+
+    A request within the ceiling is kept as is; a broader one (`user/*.read` for an auditor)
+    is narrowed to the part the role may hold (`user/AuditEvent.read`, ...).
+    """
     ceiling = role_scopes(role)
     kept: list[Scope] = []
     for scope in requested:
-        if scope not in kept and any(c.covers(scope) for c in ceiling):
-            kept.append(scope)
+        if any(c.covers(scope) for c in ceiling):
+            parts = [scope]
+        else:
+            parts = [m for c in ceiling if (m := scope.meet(c)) is not None]
+        kept.extend(p for p in parts if p not in kept)
     return tuple(kept)
 
 

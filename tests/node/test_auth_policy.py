@@ -89,3 +89,16 @@ def test_scopes_parse_and_cover() -> None:
     admin = _principal("admin")
     assert admin.satisfies("system/ImagingStudy.read")
     assert not _principal("radiologist").satisfies("system/ImagingStudy.read")
+
+
+def test_broad_requests_are_narrowed_to_the_role() -> None:
+    auditor = make_principal(
+        subject="u", role="auditor", scopes=parse_scopes("user/*.*"), issuer="i", token_id="t"
+    )
+    assert auditor.scope_text == (
+        "user/AuditEvent.read user/Consent.read user/Organization.read user/Endpoint.read"
+    )
+    assert Scope("user", "*", "read").meet(Scope("user", "Patient", "*")) == Scope(
+        "user", "Patient", "read"
+    )
+    assert Scope("user", "Patient", "read").meet(Scope("user", "Consent", "read")) is None
