@@ -124,6 +124,41 @@ def remove(
     typer.echo(json.dumps({"removed": name}))
 
 
+def _set_disabled(name: str, disabled: bool, settings: NodeSettings) -> None:
+    from node.auth.users import set_disabled
+
+    engine = _engine(settings)
+    try:
+        set_disabled(engine, name, disabled)
+    except NodeError as exc:
+        _fail(exc.message, code=1)
+    finally:
+        engine.dispose()
+    typer.echo(json.dumps({"username": name, "disabled": disabled}))
+
+
+@user_app.command("disable")
+def disable(
+    name: Annotated[str, typer.Argument(help="user name")],
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Stop an account signing in or getting tokens (issued ones expire within their TTL)."""
+    _set_disabled(name, True, _load(data_dir, config, database_url))
+
+
+@user_app.command("enable")
+def enable(
+    name: Annotated[str, typer.Argument(help="user name")],
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Let a disabled account sign in again."""
+    _set_disabled(name, False, _load(data_dir, config, database_url))
+
+
 @user_app.command("list")
 def list_(
     data_dir: DataDir = None,

@@ -59,6 +59,8 @@ class OidcVerifier:
         if self._client is not None:
             try:
                 return self._client.get_signing_key_from_jwt(token).key
+            except jwt.PyJWKClientConnectionError:
+                raise AuthenticationError("the issuer's keys could not be fetched") from None
             except jwt.PyJWKClientError:
                 raise AuthenticationError(
                     "token signed by a key the issuer does not list"

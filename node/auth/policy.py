@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from node.errors import ForbiddenError
@@ -158,7 +158,6 @@ class Principal:
     issuer: str
     token_id: str
     patient: PatientBinding | None = None
-    extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def scope_text(self) -> str:

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, Table, delete, insert, select
+from sqlalchemy import Engine, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from node.auth.passwords import hash_password, verify_password
@@ -100,6 +100,18 @@ def remove_user(engine: Engine, username: str) -> None:
     with engine.begin() as conn:
         if conn.execute(delete(USERS).where(USERS.c.username == username)).rowcount == 0:
             raise NotFoundError("no such user")
+
+
+def set_disabled(engine: Engine, username: str, disabled: bool) -> None:
+    """Disable (or re-enable) sign-in and token issuance for an account."""
+    with engine.begin() as conn:
+        changed = conn.execute(
+            update(USERS)
+            .where(USERS.c.username == username)
+            .values(disabled=disabled, updated_at=datetime.now(UTC))
+        ).rowcount
+    if changed == 0:
+        raise NotFoundError("no such user")
 
 
 def list_users(engine: Engine) -> list[Account]:

@@ -220,6 +220,17 @@ def test_user_cli_manages_accounts_while_the_node_runs(tmp_path: Path) -> None:
             assert done.returncode == code, (done.args, done.stderr)
             assert message in done.stderr
 
+        # A disabled account can neither sign in nor be handed a token; enabling restores it.
+        assert login(node, "bob", PASSWORD).status_code == 200
+        assert cli(node, "disable", "bob").returncode == 0
+        assert '"disabled": true' in cli(node, "list", "--json").stdout
+        assert login(node, "bob", PASSWORD).status_code == 401
+        done = cli(node, "token", "bob")
+        assert done.returncode == 1 and "disabled" in done.stderr
+        assert cli(node, "enable", "bob").returncode == 0
+        assert cli_token(node, "bob")["Authorization"].startswith("Bearer ey")
+        assert login(node, "bob", PASSWORD).status_code == 200  # also clears the failure count
+
         # Throttled after three failures: even the right password waits, with Retry-After.
         for _ in range(3):
             assert login(node, "bob", "wrong password here").status_code == 401

@@ -212,3 +212,21 @@ def test_unsafe_issuer_configurations_are_refused(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="cannot read JWKS file"):
         OidcVerifier(OidcIssuer(issuer=KEYCLOAK, audience=AUDIENCE, jwks_file=bad))
+
+
+def test_an_unreachable_provider_is_named_and_leaves_local_tokens_working(
+    idp: IdP, tmp_path: Path
+) -> None:
+    from tests.node.conftest import free_port
+
+    down = OidcIssuer(
+        issuer=ENTRA, audience="api://pacsmesh", jwks_url=f"http://127.0.0.1:{free_port()}/keys"
+    )
+    key = signing_key.load_or_create(tmp_path / "k.pem")
+    tokens = NodeTokens(
+        key, issuer="https://node.test", audience="https://node.test", oidc=[OidcVerifier(down)]
+    )
+    with pytest.raises(AuthenticationError, match="keys could not be fetched"):
+        tokens.verify(idp.token({"roles": ["clinician"]}, iss=ENTRA, aud="api://pacsmesh"))
+    own = tokens.issue(subject="admin", role="admin", ttl_seconds=60).access_token
+    assert tokens.verify(own).role == "admin"
