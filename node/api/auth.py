@@ -117,14 +117,13 @@ def build_router() -> APIRouter:
             )
         except InvalidRequestError as exc:
             return _oauth_error(400, "invalid_scope", exc.message)
+        # No `patient` launch context here: it would be an MRN, and the token already binds it.
         reply: dict[str, Any] = {
             "access_token": issued.access_token,
             "token_type": "Bearer",
             "expires_in": issued.expires_in,
             "scope": issued.scope,
         }
-        if account.patient is not None:
-            reply["patient"] = account.patient.mrn  # SMART launch context
         return JSONResponse(reply, headers=_NO_STORE)
 
     @router.get("/jwks.json")

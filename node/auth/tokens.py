@@ -114,6 +114,7 @@ class NodeTokens:
             raise InvalidRequestError("unknown role")
         granted = ceiling
         if scopes is not None:
+            scopes = tuple(scopes)
             principal = make_principal(
                 subject=subject, role=role, scopes=scopes, issuer="", token_id="", patient=patient
             )

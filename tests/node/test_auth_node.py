@@ -230,6 +230,12 @@ def test_user_cli_manages_accounts_while_the_node_runs(tmp_path: Path) -> None:
         assert cli(node, "enable", "bob").returncode == 0
         assert cli_token(node, "bob")["Authorization"].startswith("Bearer ey")
         assert login(node, "bob", PASSWORD).status_code == 200  # also clears the failure count
+        # A login may narrow its scopes, never widen them.
+        narrow = login(node, "bob", PASSWORD, scope="user/ImagingStudy.read")
+        assert narrow.status_code == 200 and narrow.json()["scope"] == "user/ImagingStudy.read"
+        for scope in ("user/AuditEvent.read", "openid"):
+            r = login(node, "bob", PASSWORD, scope=scope)
+            assert r.status_code == 400 and r.json()["error"] == "invalid_scope", scope
 
         # Throttled after three failures: even the right password waits, with Retry-After.
         for _ in range(3):
