@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from node.api.auth import build_router as build_auth_router
 from node.api.dicomweb.router import build_router as build_dicomweb_router
 from node.api.fhir.router import build_router as build_fhir_router
 from node.api.gateway import router as gateway_router
@@ -52,6 +53,9 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
     app.include_router(build_dicomweb_router(), prefix="/dicom-web")
     app.include_router(gateway_router)
     app.include_router(build_fhir_router(), prefix="/fhir")
+    app.include_router(build_auth_router())
+    if settings.auth_enabled:
+        _install_auth(app, settings)
     _install_error_handlers(app)
 
     @app.get("/healthz", include_in_schema=False)
@@ -61,10 +65,20 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
     return app
 
 
+def _install_auth(app: FastAPI, settings: NodeSettings) -> None:
+    """Default deny: every route but the public allow-list needs a token and a scope."""
+    from node.auth.middleware import BearerAuthMiddleware
+    from node.auth.tokens import tokens_for
+
+    app.add_middleware(BearerAuthMiddleware, tokens=lambda: tokens_for(settings, app.state))
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NodeError)
     async def node_error(_request: Request, exc: NodeError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.http_status)
+        # Authentication errors carry their WWW-Authenticate challenge (RFC 6750 §3).
+        headers = getattr(exc, "headers", None)
+        return JSONResponse({"error": exc.message}, status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

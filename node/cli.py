@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from node.cli_enroll import enroll
+from node.cli_users import user_app
 from node.errors import NodeError
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
 node_app = typer.Typer(help="Run and administer a hospital node.", no_args_is_help=True)
 node_app.command("enroll")(enroll)  # TLS identity in the consortium (issue #6)
 app.add_typer(node_app, name="node")
+node_app.add_typer(user_app, name="user")
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="node data directory (NODE_DATA_DIR)")
