@@ -12,8 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from node.api.admin import build_router as build_admin_router
 from node.api.dicomweb.router import build_router as build_dicomweb_router
 from node.errors import NodeError
+from node.hl7.runtime import start_hl7
 from node.services.archive import Archive
 from node.settings import NodeSettings
 
@@ -31,9 +33,11 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
         # from rescanning it on every full pass (it was the p95 of wide QIDO results).
         gc.collect()
         gc.freeze()
+        hl7 = start_hl7(settings, app.state.archive.engine)
         try:
             yield
         finally:
+            hl7.stop()
             if owned:
                 app.state.archive.close()
 
@@ -48,6 +52,7 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
     if archive is not None:
         app.state.archive = archive
     app.include_router(build_dicomweb_router(), prefix="/dicom-web")
+    app.include_router(build_admin_router(), prefix="/admin")
     _install_error_handlers(app)
 
     @app.get("/healthz", include_in_schema=False)
