@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from node.cli_workflow import mount as mount_workflow
 from node.errors import NodeError
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 node_app = typer.Typer(help="Run and administer a hospital node.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
+mount_workflow(node_app)  # pacsmesh node reconcile|outbox
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="node data directory (NODE_DATA_DIR)")
