@@ -9,11 +9,13 @@ nothing from a message that was not accepted is stored. Z-segments are ignored (
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import Callable
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from node.errors import ConflictError, NodeError, NotFoundError
 from node.hl7.ack import AckContext, HL7Error, build_ack, rejected
@@ -26,6 +28,7 @@ log = logging.getLogger("pacsmesh.hl7")
 # HL7 versions whose ADT/ORM/OMI layouts this node reads (the fields used did not move).
 SUPPORTED_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8")
 Handler = Callable[[Connection, Message], None]
+ATTEMPTS = 3
 
 
 def _pid(msg: Message) -> tuple[Segment, patients.PatientData]:
@@ -63,9 +66,9 @@ def _order(conn: Connection, msg: Message) -> None:
     for orc, obr, tq1, ipc in groups:
         control = orc.value(1).upper()
         order = order_from_segments(orc, obr, tq1, ipc, patient)
-        if control in ("NW", "XO", "SC"):
+        if control in ("NW", "XO"):
             orders.place_order(conn, order)
-        elif control in ("CA", "DC", "OC"):
+        elif control in ("CA", "DC", "OC"):  # OC: the filler's "order cancelled"
             orders.cancel_order(conn, order.accession_number)
         elif not control:
             raise HL7Error(101, "ORC-1 (order control) is missing", ("ORC", 1, 1))
@@ -148,6 +151,12 @@ class InboundProcessor:
         self.engine = engine
         self.application = application
         self.facility = facility
+        # SQLite has one writer: messages from parallel connections queue here, woken as soon
+        # as the writer commits, instead of in SQLite's busy handler, which polls with sleeps
+        # of up to 100 ms — longer than a message's whole transaction.
+        self._writer: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        )
 
     def handle(self, text: str) -> str:
         """Process one message text; always returns an ACK text, never raises."""
@@ -158,8 +167,7 @@ class InboundProcessor:
         ctx = context_of(msg)
         try:
             handler = check_header(msg)
-            with self.engine.begin() as conn:
-                handler(conn, msg)
+            self._apply(handler, msg)
         except HL7Error as exc:
             return self._ack(ctx, exc)
         except NotFoundError as exc:
@@ -176,6 +184,19 @@ class InboundProcessor:
             log.error("HL7 message failed: %s", type(exc).__name__)
             return self._ack(ctx, HL7Error(207, "application internal error"))
         return build_ack(ctx, self.application, self.facility, "AA")
+
+    def _apply(self, handler: Handler, msg: Message) -> None:
+        # SQLite refuses a transaction whose snapshot went stale under a concurrent writer
+        # (SQLITE_BUSY_SNAPSHOT) at once, without waiting: the message is one transaction
+        # and was rolled back, so applying it again is safe.
+        for attempt in range(ATTEMPTS):
+            try:
+                with self._writer, self.engine.begin() as conn:
+                    handler(conn, msg)
+                return
+            except OperationalError:
+                if attempt == ATTEMPTS - 1:
+                    raise
 
     def _ack(self, ctx: AckContext, error: HL7Error) -> str:
         return build_ack(ctx, self.application, self.facility, error.ack_code, error)

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, and_, exists, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from node.errors import ConflictError, NotFoundError
 from node.services import outbox
@@ -57,8 +57,16 @@ def match_stored_study(
     with engine.connect() as conn:
         if _already_handled(conn, study_uid):
             return None
-    with engine.begin() as conn:
-        return _match(conn, study_uid, accession_number, patient_id)
+    for attempt in range(3):
+        try:
+            with engine.begin() as conn:
+                return _match(conn, study_uid, accession_number, patient_id)
+        except OperationalError:
+            # SQLite: a concurrent writer made this transaction's snapshot stale
+            # (SQLITE_BUSY_SNAPSHOT); it was rolled back and is safe to run again.
+            if attempt == 2:
+                raise
+    return None
 
 
 def match_after_store(engine: Engine, study: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,31 @@ def test_admin_resolves_a_queued_study(archive: Archive) -> None:
         resolve(archive.engine, study_uid, "ACC500")
     with pytest.raises(NotFoundError):
         resolve(archive.engine, "1.2.3.4", "ACC500")
+
+
+def test_instances_stored_concurrently_complete_the_order_once(archive: Archive) -> None:
+    _order(archive, "ACC600")
+    study_uid = make_ct().StudyInstanceUID
+    parts = []
+    for i in range(8):
+        ds = make_ct(study_uid=study_uid, patient_id="MRN1", seed=i)
+        ds.AccessionNumber = "ACC600"
+        parts.append(to_bytes(ds))
+    failures: list[BaseException] = []
+
+    def store(data: bytes) -> None:
+        try:
+            store_bytes(archive, data)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=store, args=(p,)) for p in parts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures
+    assert _order_row(archive, "ACC600")["matched_study_uid"] == study_uid
+    assert len(_outbox(archive)) == 1
+    with archive.engine.connect() as conn:
+        assert list_reconciliation(conn) == []
