@@ -8,6 +8,7 @@ Measured on one connection, then on several connections in parallel. Every ACK m
 
 Run from the repository root:
     PYTHONPATH=$PWD python benchmarks/hl7_throughput.py [--messages 2000] [--connections 4]
+        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/EMPTY_DB]
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ from tests.node.conftest import free_port
 from tests.node.hl7_support import adt, orm, parse_ack
 
 
-def _start(data_dir: Path, http_port: int, hl7_port: int, fsync: bool) -> subprocess.Popen[bytes]:
+def _start(
+    data_dir: Path, http_port: int, hl7_port: int, fsync: bool, database_url: str | None
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "NODE_FSYNC": "true" if fsync else "false"}
     cmd = [sys.executable, "-m", "node.cli", "node", "serve", "--data-dir", str(data_dir)]
     cmd += ["--port", str(http_port), "--hl7-port", str(hl7_port), "--dimse-port", "0"]
+    if database_url:
+        cmd += ["--database-url", database_url]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -91,10 +96,11 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--no-fsync", action="store_true", help="NODE_FSYNC=false")
+    parser.add_argument("--database-url", help="an empty PostgreSQL database (default: SQLite)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         http_port, hl7_port = free_port(), free_port()
-        proc = _start(Path(tmp) / "node", http_port, hl7_port, not args.no_fsync)
+        proc = _start(Path(tmp) / "node", http_port, hl7_port, not args.no_fsync, args.database_url)
         try:
             run(hl7_port, 100, 1, "W")  # warm-up: imports, connection pool, SQLite pages
             results = [
