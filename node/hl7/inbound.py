@@ -65,15 +65,37 @@ def _order(conn: Connection, msg: Message) -> None:
         raise HL7Error(100, "the ORC segment is missing", ("ORC", 1, 0))
     for orc, obr, tq1, ipc in groups:
         control = orc.value(1).upper()
-        order = order_from_segments(orc, obr, tq1, ipc, patient)
         if control in ("NW", "XO"):
-            orders.place_order(conn, order)
+            orders.place_order(conn, order_from_segments(orc, obr, tq1, ipc, patient))
         elif control in ("CA", "DC", "OC"):  # OC: the filler's "order cancelled"
-            orders.cancel_order(conn, order.accession_number)
+            orders.cancel_order(conn, _cancelled_accession(conn, orc, obr, tq1, ipc, patient))
         elif not control:
             raise HL7Error(101, "ORC-1 (order control) is missing", ("ORC", 1, 1))
         else:
             raise HL7Error(103, "ORC-1 (order control) is not NW, XO, CA or DC", ("ORC", 1, 1))
+
+
+def _cancelled_accession(
+    conn: Connection,
+    orc: Segment,
+    obr: Segment | None,
+    tq1: Segment | None,
+    ipc: Segment | None,
+    patient: patients.PatientData,
+) -> str:
+    """A cancel names its order by accession number, or — as many order systems send it,
+    ORC alone — by the placer order number (ORC-2) the order was placed with."""
+    if obr is not None or ipc is not None:
+        has_accession = (ipc is not None and ipc.value(1)) or (obr is not None and obr.value(18))
+        if has_accession or not orc.value(2):
+            return order_from_segments(orc, obr, tq1, ipc, patient).accession_number
+    placer = orc.value(2)
+    if not placer:
+        raise HL7Error(101, "ORC-2 (placer order number) is missing", ("ORC", 1, 2))
+    accession = orders.accession_for_placer(conn, placer)
+    if accession is None:
+        raise HL7Error(204, "no order has this placer order number", ("ORC", 1, 2))
+    return accession
 
 
 def _order_groups(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
+from node.errors import NodeError
 from node.hl7.inbound import InboundProcessor
 from node.hl7.mllp import MLLPServer
 from node.settings import NodeSettings
@@ -27,6 +28,12 @@ def start_listener(settings: NodeSettings, engine: Engine, port: int | None = No
     def handle(payload: bytes) -> bytes:
         return processor.handle(decode_message(payload)).encode("utf-8")
 
-    server = MLLPServer(settings.host, settings.hl7_port if port is None else port, handle)
-    server.start()
+    bind_port = settings.hl7_port if port is None else port
+    server = MLLPServer(settings.host, bind_port, handle)
+    try:
+        server.start()
+    except OSError as exc:
+        raise NodeError(
+            f"cannot listen for HL7 on {settings.host}:{bind_port}: {exc.strerror or exc}"
+        ) from exc
     return server

@@ -54,6 +54,16 @@ def get_order(conn: Connection, accession_number: str) -> dict[str, Any] | None:
     return dict(row._mapping) if row is not None else None
 
 
+def accession_for_placer(conn: Connection, placer_order_number: str) -> str | None:
+    """The accession number of the order with this placer order number (ORC-2), if one."""
+    rows = conn.execute(
+        select(ORDER.c.accession_number)
+        .where(ORDER.c.placer_order_number == placer_order_number)
+        .limit(2)
+    ).all()
+    return str(rows[0][0]) if len(rows) == 1 else None
+
+
 def place_order(conn: Connection, order: OrderData) -> bool:
     """A new order (ORC-1 NW), or a resent/changed one while still scheduled; True when new.
 

@@ -219,3 +219,13 @@ def _read_frame(s: socket.socket) -> bytes:
             break
         buf += chunk
     return buf
+
+
+def test_cancel_by_placer_order_number_alone(listener: Listener) -> None:
+    assert ack_code(send(listener.port, orm("ACC42"))) == "AA"
+    cancel = "\r".join([msh("ORM^O01", "CAN1", version="2.3"), pid(), "ORC|CA|PLACC42"])
+    assert ack_code(send(listener.port, cancel)) == "AA"
+    assert listener.orders()["ACC42"]["status"] == "cancelled"
+    unknown = cancel.replace("PLACC42", "PLNONE").replace("CAN1", "CAN2")
+    ack = send(listener.port, unknown)
+    assert ack_code(ack) == "AE" and err(ack)[:2] == ("ORC^1^2", "204")

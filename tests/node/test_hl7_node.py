@@ -4,6 +4,7 @@ restarted while the OCS was down; and the admin CLI resolving an unmatched study
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,10 @@ def test_order_loop_survives_restart_while_ocs_is_down(database_url: str, tmp_pa
         assert "unreachable" in pending[0]["last_error"]
 
         node.stop()
+        # Listener and worker stopped within the grace period (uvicorn re-raises SIGTERM once
+        # shut down; a hang would have ended in SIGKILL), and nothing failed on the way.
+        assert node.process.returncode in (0, -signal.SIGTERM)
+        assert "Traceback" not in node.log()
         node = _node(tmp_path, database_url, hl7_port, ocs_port)
         ocs = FakeOCS(ocs_port).start()
         wait_for(lambda: _admin(node, "outbox")[0]["status"] == "delivered", 90, "delivery")
