@@ -67,14 +67,16 @@ def upsert_patient(conn: Connection, patient: PatientData) -> bool:
     """Register a patient or update their demographics; True when the record is new.
 
     ADT A08 for a patient the node has never seen registers them: the order system is the
-    source of truth, and refusing would only lose the update."""
+    source of truth, and refusing would only lose the update. Demographics a message leaves
+    empty are kept (an order's PID often carries only the identifier)."""
     values: dict[str, Any] = {
         "name": patient.name,
         "name_search": patient.name.upper() if patient.name else None,
         "birth_date": patient.birth_date,
         "sex": patient.sex,
-        "updated_at": _now(),
     }
+    values = {k: v for k, v in values.items() if v is not None}
+    values["updated_at"] = _now()
     done = conn.execute(
         update(PATIENT)
         .where(and_(PATIENT.c.mrn == patient.mrn, PATIENT.c.issuer == patient.issuer))

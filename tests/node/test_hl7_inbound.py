@@ -229,3 +229,11 @@ def test_cancel_by_placer_order_number_alone(listener: Listener) -> None:
     unknown = cancel.replace("PLACC42", "PLNONE").replace("CAN1", "CAN2")
     ack = send(listener.port, unknown)
     assert ack_code(ack) == "AE" and err(ack)[:2] == ("ORC^1^2", "204")
+
+
+def test_order_with_bare_pid_keeps_registered_demographics(listener: Listener) -> None:
+    assert ack_code(send(listener.port, adt("A04"))) == "AA"
+    bare = orm("ACC43").replace(pid(), "PID|1||MRN1001^^^GENHOSP^MR")
+    assert ack_code(send(listener.port, bare)) == "AA"
+    patient = listener.patients()["MRN1001"]
+    assert (patient["name"], patient["birth_date"]) == ("Kim^Minsu^J", "19700215")
