@@ -170,3 +170,30 @@ def test_not_yet_due_messages_wait(engine: Engine, tmp_path: Path) -> None:
         worker.stop()
         ocs.stop()
     assert _row(engine, key)["status"] == "pending" and not ocs.received
+
+
+def test_worker_delivers_a_final_report_as_oru(engine: Engine, tmp_path: Path) -> None:
+    port = free_port()
+    ocs = FakeOCS(port).start()
+    report = {
+        "report_key": 3,
+        "version": 1,
+        "status": "final",
+        "conclusion": "Normal.",
+        "text": "Clear lungs.",
+        "author": "Han^Jiwoo",
+        "issued": "2024-01-15T11:00:00+00:00",
+    }
+    with engine.begin() as conn:
+        key = outbox.enqueue(conn, "report", {**PAYLOAD, "report": report})
+    worker = DeliveryWorker(engine, _settings(tmp_path, port))
+    try:
+        assert worker.run_once() == 1
+    finally:
+        worker.stop()
+        ocs.stop()
+    assert _row(engine, key)["status"] == "delivered"
+    msg = hl7.parse(ocs.received[0])
+    assert str(msg.segment("MSH")[9]) == "ORU^R01^ORU_R01"
+    assert str(msg.segment("MSH")[10]) == f"PMO{key}"
+    assert str(msg.segment("OBR")[25]) == "F"
