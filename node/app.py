@@ -12,11 +12,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from node.api.admin import build_router as build_admin_router
 from node.api.auth import build_router as build_auth_router
 from node.api.dicomweb.router import build_router as build_dicomweb_router
 from node.api.fhir.router import build_router as build_fhir_router
 from node.api.gateway import router as gateway_router
 from node.errors import NodeError
+from node.hl7.runtime import start_hl7
 from node.services.archive import Archive
 from node.settings import NodeSettings
 
@@ -34,9 +36,11 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
         # from rescanning it on every full pass (it was the p95 of wide QIDO results).
         gc.collect()
         gc.freeze()
+        hl7 = start_hl7(settings, app.state.archive.engine)
         try:
             yield
         finally:
+            hl7.stop()
             if owned:
                 app.state.archive.close()
 
@@ -53,6 +57,7 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
     app.include_router(build_dicomweb_router(), prefix="/dicom-web")
     app.include_router(gateway_router)
     app.include_router(build_fhir_router(), prefix="/fhir")
+    app.include_router(build_admin_router(), prefix="/admin")
     app.include_router(build_auth_router())
     if settings.auth_enabled:
         _install_auth(app, settings)

@@ -11,6 +11,7 @@ import typer
 
 from node.cli_enroll import enroll
 from node.cli_users import user_app
+from node.cli_workflow import mount as mount_workflow
 from node.errors import NodeError
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ node_app = typer.Typer(help="Run and administer a hospital node.", no_args_is_he
 node_app.command("enroll")(enroll)  # TLS identity in the consortium (issue #6)
 app.add_typer(node_app, name="node")
 node_app.add_typer(user_app, name="user")
+mount_workflow(node_app)  # pacsmesh node reconcile|outbox
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="node data directory (NODE_DATA_DIR)")
