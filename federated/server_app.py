@@ -6,6 +6,10 @@ own validation split, then write the run-log line (model SHA-256, participants, 
 checkpoint. A restarted ServerApp with the same run dir resumes after the last checkpoint.
 Sites that fail or vanish mid-round are left out of that round's aggregate; the round fails only
 when fewer than ``min-train-nodes`` sites reply.
+
+The server keeps, hashes and checkpoints the model by tensor name; messages carry it packed,
+one array per dtype (``federated.packing``), because Flower's cost per message grows with the
+number of arrays.
 """
 
 from __future__ import annotations
@@ -130,6 +134,9 @@ def run_federation(
 
     strategy = build_strategy(run)
     layout = model_layout(arrays)
+    # The packed form of ``arrays``, kept while it is valid: the aggregate arrives packed, and
+    # re-packing it for the evaluate message and the next round would copy the model twice.
+    packed: ArrayRecord | None = None
     site_names: dict[int, str] = {}
     result = FederationResult(run_id=run_id, resumed_from=start, final_arrays=arrays)
     for server_round in range(start + 1, run.num_server_rounds + 1):
@@ -163,8 +170,10 @@ def run_federation(
                 max_weight=run.secagg_max_weight,
                 timeout=run.round_timeout,
             )
+            new_packed = None
         else:
-            packed = pack_record(layout, arrays)
+            if packed is None:
+                packed = pack_record(layout, arrays)
             strategy.remember_reference(packed)
             messages = strategy.configure_train(server_round, packed, train_config, grid)
             replies = grid.send_and_receive(messages, timeout=run.round_timeout)
@@ -180,13 +189,15 @@ def run_federation(
                 f"round {server_round}: {len(train_reports)} site(s) replied, "
                 f"{run.min_train_nodes} needed"
             )
-        arrays = new_arrays
+        arrays, packed = new_arrays, new_packed
         trained = time.perf_counter()
         site_names.update({r.node_id: r.site_id for r in train_reports})
 
+        if packed is None:
+            packed = pack_record(layout, arrays)
         eval_messages = strategy.configure_evaluate(
             server_round,
-            pack_record(layout, arrays),
+            packed,
             ConfigRecord({LAYOUT_CONFIG_KEY: layout.digest()}),
             grid,
         )
