@@ -101,3 +101,22 @@ def test_a_different_model_is_refused_with_a_clear_error() -> None:
     wrong_shape[first] = wrong_shape[first].ravel()
     with pytest.raises(PackingError, match="shape"):
         small.pack(wrong_shape)
+
+
+def test_a_site_refuses_weights_packed_for_another_model() -> None:
+    """A site on another pacsmesh version must not load misplaced weights."""
+    from federated.client_app import _receive
+    from federated.packing import LAYOUT_CONFIG_KEY
+    from federated.run_config import RunSettings
+    from federated.server_app import initial_arrays
+
+    run = RunSettings(model="small_cnn", image_size=32)
+    arrays = initial_arrays(run)
+    layout = model_layout(arrays)
+    packed = {k: v.numpy() for k, v in pack_record(layout, arrays).items()}
+    other = Layout.of(_state("densenet121", 32, seed=0).items()).digest()
+    with pytest.raises(PackingError, match=f"server's model layout \\({other[:12]}\\) differs"):
+        _receive(run, packed, {LAYOUT_CONFIG_KEY: other})
+    model, _, received = _receive(run, packed, {LAYOUT_CONFIG_KEY: layout.digest()})
+    assert model_hash(get_weights(model)) == model_hash(arrays.to_numpy_ndarrays())
+    assert [k for k, _ in received] == list(arrays.keys())
