@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from node.api.dicomweb.router import build_router as build_dicomweb_router
+from node.dimse.server import start_dimse
 from node.errors import NodeError
 from node.services.archive import Archive
 from node.settings import NodeSettings
@@ -31,9 +32,16 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
         # from rescanning it on every full pass (it was the p95 of wide QIDO results).
         gc.collect()
         gc.freeze()
+        dimse = None
+        if settings.dimse_port:
+            # Started after the archive is open and stopped before it closes: the DIMSE handlers
+            # use it from their own threads.
+            dimse = start_dimse(settings, app.state.archive)
         try:
             yield
         finally:
+            if dimse is not None:
+                dimse.stop()
             if owned:
                 app.state.archive.close()
 

@@ -91,7 +91,7 @@ def _load(root: str, shared: Path) -> list[str]:
 
 def run_demo(shared: Path, data_dir: Path, port: int, once: bool = False) -> None:
     """Serve a node and load the demo data; with `once`, load, check and stop."""
-    settings = NodeSettings(data_dir=data_dir, port=port)
+    settings = NodeSettings(data_dir=data_dir, port=port, dimse_port=0, hl7_port=0)
     archive = Archive.open(settings)
     app = create_app(settings, archive)
     server = uvicorn.Server(

@@ -293,6 +293,8 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
         fsync=False,
         max_instances_per_request=MAX_PARTS,
         max_header_bytes=256 << 10,
+        dimse_port=0,
+        hl7_port=0,
     )
     archive = Archive.open(node_settings)
     try:

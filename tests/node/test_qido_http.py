@@ -79,6 +79,8 @@ def archive(
         port=port,
         database_url=database_url,
         fsync=False,
+        dimse_port=0,
+        hl7_port=0,
     )
     # In-process (not `pacsmesh node serve`) so a test can lower the result cap.
     app = create_app(settings)
