@@ -113,3 +113,18 @@ def storescu(node: DimseNode, calling: str, files: list[Path], *options: str) ->
         *(str(f) for f in files),
     )
     return result.stdout + result.stderr
+
+
+def findscu(
+    node: DimseNode, model: str, keys: list[str], out_dir: Path, calling: str = WORKSTATION_AE
+) -> tuple[list[Dataset], str]:
+    """Run findscu (-P patient root, -S study root, -W worklist); the responses as datasets."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("rsp*.dcm"):
+        old.unlink()
+    args = [model, "-X", "-od", str(out_dir), "-aet", calling, "-aec", NODE_AE]
+    for key in keys:
+        args += ["-k", key]
+    result = dcmtk("findscu", *args, "127.0.0.1", str(node.dimse_port))
+    responses: list[Dataset] = [pydicom.dcmread(p) for p in sorted(out_dir.glob("rsp*.dcm"))]
+    return responses, result.stdout + result.stderr
