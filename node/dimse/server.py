@@ -8,6 +8,7 @@ down. Each association runs in its own thread, as pynetdicom's servers do.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -29,6 +30,7 @@ from node.dimse.association import KnownAEs, handle_requested
 from node.dimse.find import PATIENT_ROOT_LEVELS, STUDY_ROOT_LEVELS, handle_find
 from node.dimse.retrieve import handle_get, handle_move
 from node.dimse.store import handle_store
+from node.dimse.transport import LowLatencyAssociationServer
 from node.dimse.worklist import handle_worklist
 from node.services.archive import Archive
 from node.settings import NodeSettings
@@ -112,10 +114,14 @@ def start_dimse(settings: NodeSettings, archive: Archive) -> DimseService:
         (evt.EVT_C_GET, handle_get, [archive]),
         (evt.EVT_C_MOVE, handle_move, [archive, known]),
     ]
-    server = ae.start_server(
-        (settings.host, settings.dimse_port), block=False, evt_handlers=handlers
+    # start_server(block=False) with our server class: make_server is pynetdicom's hook for it.
+    server = ae.make_server(
+        (settings.host, settings.dimse_port),
+        evt_handlers=handlers,
+        server_class=LowLatencyAssociationServer,
     )
-    assert server is not None
+    thread = threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True)
+    thread.start()
     service = DimseService(server, ae)
     log.info("DIMSE listening as %s on %s:%d", title, settings.host, service.port)
     return service
