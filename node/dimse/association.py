@@ -44,7 +44,9 @@ def handle_requested(event: Event, known: KnownAEs) -> None:
     """EVT_REQUESTED: refuse an association from an unknown calling AE before negotiation."""
     request = event.assoc.requestor.primitive
     if request is None or known.get(request.calling_ae_title) is None:
-        log.warning("association refused: calling AE title not recognized")
+        # An AE title names a device, not a person: operators need it to fix the settings.
+        calling = request.calling_ae_title if request is not None else "?"
+        log.warning("association refused: calling AE title %r not recognized", calling)
         event.assoc.acse.send_reject(
             REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNIZED
         )

@@ -103,6 +103,8 @@ def build_ae(settings: NodeSettings) -> AE:
 
 def start_dimse(settings: NodeSettings, archive: Archive) -> DimseService:
     """Start the DIMSE listener in background threads; returns at once."""
+    # pynetdicom logs request identifiers (patient names and IDs) at INFO: never let them through.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     known = KnownAEs(settings.remote_aes)
     ae = build_ae(settings)
     title = settings.ae_title

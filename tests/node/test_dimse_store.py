@@ -55,6 +55,11 @@ def test_echo_from_known_titles_and_refusal_of_unknown_ones(dimse_node: DimseNod
     out = stranger.stdout + stranger.stderr
     assert "Association Rejected" in out and "Calling AE Title Not Recognized" in out
 
+    # Nothing a stranger sends is stored: the association never opens.
+    out = storescu(dimse_node, "STRANGER", [SAMPLES["chest-cr-philips-j2k.dcm"]], "-xw")
+    assert "Calling AE Title Not Recognized" in out, out
+    assert _study_count(dimse_node, _study_uid(SAMPLES["chest-cr-philips-j2k.dcm"])) == 0
+
     wrong_called = dcmtk("echoscu", "-aet", MODALITY_AE, "-aec", "OTHER", "127.0.0.1", port)
     assert "Called AE Title Not Recognized" in wrong_called.stdout + wrong_called.stderr
 
