@@ -184,6 +184,12 @@ def test_move_to_known_ae_delivers_and_unknown_destination_fails(
             "127.0.0.1", str(dimse_node.dimse_port),
         )  # fmt: skip
         assert "MoveDestinationUnknown" in unknown.stdout + unknown.stderr
+        # A STUDY move without a Study Instance UID names nothing: refused, nothing sent.
+        vague = dcmtk(
+            "movescu", "-S", "-aet", WORKSTATION_AE, "-aec", NODE_AE, "-aem", WORKSTATION_AE,
+            "-k", "QueryRetrieveLevel=STUDY", "127.0.0.1", str(dimse_node.dimse_port),
+        )  # fmt: skip
+        assert "Failed: UnableToProcess" in vague.stdout + vague.stderr, vague.stdout
         assert len(list(received.iterdir())) == 2
     finally:
         scp.terminate()
