@@ -25,7 +25,7 @@ from node.errors import InvalidRequestError, NodeError, NotAcceptableError
 from node.services import retrieve
 from node.services.archive import Archive
 from node.services.query import QueryLevel, parse_query, search
-from node.services.syntaxes import NATIVE_SYNTAXES, TRANSCODE_TARGETS
+from node.services.syntaxes import TRANSCODE_TARGETS
 from node.services.transcode import transcode
 from node.storage import records
 from node.storage.records import InstanceRow
@@ -84,7 +84,7 @@ def _as_sent(ds: Dataset, accepted: dict[str, set[str]] | None) -> Dataset:
 
     As stored when the peer accepted that syntax (pynetdicom itself moves between the native
     little-endian syntaxes); otherwise transcoded to an accepted syntax the node can produce.
-    `accepted` None: the contexts are not known here (C-MOVE proposes the stored syntax).
+    `accepted` None: the accepted contexts are not known; the dataset goes as stored.
     """
     if accepted is None:
         return ds
@@ -124,15 +124,53 @@ def _accepted_storage(event: Event) -> dict[str, set[str]]:
 
 
 def storage_contexts(rows: list[InstanceRow]) -> list[PresentationContext]:
-    """Presentation contexts to propose to a C-MOVE destination for these instances."""
+    """Presentation contexts to propose to a C-MOVE destination for these instances.
+
+    Per SOP class: the stored syntaxes, and a separate native one (Explicit, Implicit VR Little
+    Endian) so that a destination refusing a compressed syntax still gets a transcoded copy.
+    """
     syntaxes: dict[str, set[str]] = {}
     for row in rows:
-        wanted = syntaxes.setdefault(row.sop_class_uid, set())
-        wanted.add(row.transfer_syntax_uid)
-        if row.transfer_syntax_uid in NATIVE_SYNTAXES:
-            wanted.update({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
-    contexts = [build_context(cls, sorted(ts)) for cls, ts in sorted(syntaxes.items())]
+        syntaxes.setdefault(row.sop_class_uid, set()).add(row.transfer_syntax_uid)
+    contexts = []
+    native: list[str] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    for sop_class, stored in sorted(syntaxes.items()):
+        compressed = sorted(stored - _LITTLE_ENDIAN_NATIVE)
+        if compressed:
+            contexts.append(build_context(sop_class, compressed))
+        contexts.append(build_context(sop_class, native))
     return contexts[:_MAX_CONTEXTS]
+
+
+def _move_association_contexts(event: Event, host: str, port: int) -> dict[str, set[str]] | None:
+    """What the C-MOVE destination accepted, from the association pynetdicom opened to it.
+
+    pynetdicom does not hand the sub-association to the handler; it is found among the AE's
+    associations by the destination's address. None when it cannot be told apart (then the
+    instances go as stored).
+    """
+    found = [
+        a
+        for a in event.assoc.ae.active_associations
+        if a.is_requestor and a.remote.get("address") == host and a.remote.get("port") == port
+    ]
+    if len(found) != 1:
+        return None
+    accepted: dict[str, set[str]] = {}
+    for cx in found[0].accepted_contexts:
+        if cx.abstract_syntax is not None:
+            accepted.setdefault(str(cx.abstract_syntax), set()).update(
+                str(ts) for ts in cx.transfer_syntax
+            )
+    return accepted
+
+
+def _move_datasets(
+    event: Event, archive: Archive, rows: list[InstanceRow], host: str, port: int
+) -> Iterator[tuple[int, Any]]:
+    # Runs once pynetdicom has associated with the destination (after the count was yielded).
+    accepted = _move_association_contexts(event, host, port)
+    yield from _datasets(archive, rows, accepted)
 
 
 def handle_get(event: Event, archive: Archive) -> Iterator[Any]:
@@ -160,7 +198,9 @@ def handle_move(event: Event, archive: Archive, known: KnownAEs) -> Iterator[Any
     rows = instances_to_send(archive, event.identifier)
     yield destination.host, destination.port, {"contexts": storage_contexts(rows)}
     yield len(rows)
-    yield from _cancellable(event, _datasets(archive, rows))
+    yield from _cancellable(
+        event, _move_datasets(event, archive, rows, destination.host, destination.port)
+    )
 
 
 def _refusal(exc: Exception, what: str) -> Dataset:

@@ -27,7 +27,7 @@ from tests.node.dimse_helpers import (
     findscu,
     storescu,
 )
-from tests.node.factories import make_ct, to_bytes
+from tests.node.factories import make_ct, real_sample_files, to_bytes
 
 __all__ = ["dimse_node"]
 
@@ -235,3 +235,39 @@ def test_get_reports_sub_operation_counts(dimse_node: DimseNode, studies: list[D
     assert [s.NumberOfRemainingSuboperations for s in statuses[:-1]] == [2, 1, 0]
     assert sorted(arrived) == sorted(dataset_bytes(to_bytes(ds)) for ds in studies[:3])
     assert refused[-1][0].Status == 0xA900
+
+
+def test_move_transcodes_for_a_destination_that_refuses_the_stored_syntax(
+    dimse_node: DimseNode, tmp_path: Path
+) -> None:
+    """A stock storescp accepts only native syntaxes: a JPEG 2000 lossless instance reaches it
+    decoded, with the same pixels."""
+    source = real_sample_files()
+    mr = next(p for p in source if p.name == "mr-j2k-lossless.dcm")
+    assert "Error" not in storescu(dimse_node, ARCHIVE_AE, [mr], "-xv")
+    received = tmp_path / "received"
+    received.mkdir()
+    scp = subprocess.Popen(
+        ["storescp", "-aet", WORKSTATION_AE, "-od", str(received),
+         str(dimse_node.workstation_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        original = pydicom.dcmread(mr)
+        moved = dcmtk(
+            "movescu", "-S", "-aet", WORKSTATION_AE, "-aec", NODE_AE, "-aem", WORKSTATION_AE,
+            "-k", "QueryRetrieveLevel=SERIES",
+            "-k", f"StudyInstanceUID={original.StudyInstanceUID}",
+            "-k", f"SeriesInstanceUID={original.SeriesInstanceUID}",
+            "127.0.0.1", str(dimse_node.dimse_port),
+        )  # fmt: skip
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        (path,) = list(received.iterdir())
+        got = pydicom.dcmread(path)
+        assert not got.file_meta.TransferSyntaxUID.is_compressed
+        assert got.SOPInstanceUID == original.SOPInstanceUID
+        assert (got.pixel_array == original.pixel_array).all()
+    finally:
+        scp.terminate()
+        scp.wait(timeout=10)
