@@ -271,3 +271,34 @@ def test_move_transcodes_for_a_destination_that_refuses_the_stored_syntax(
     finally:
         scp.terminate()
         scp.wait(timeout=10)
+
+
+def test_get_counts_a_sub_operation_it_cannot_send_as_failed(dimse_node: DimseNode) -> None:
+    """The requestor accepts CR only as JPEG baseline: the stored JPEG 2000 chest film can
+    neither go as stored nor be transcoded to it, so the one sub-operation fails."""
+    from pynetdicom import build_role
+
+    chest = next(p for p in real_sample_files() if p.name == "chest-cr-philips-j2k.dcm")
+    assert "Error" not in storescu(dimse_node, ARCHIVE_AE, [chest], "-xw")
+    cr = pydicom.dcmread(chest, stop_before_pixels=True)
+    ae = AE(ae_title=WORKSTATION_AE)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(cr.SOPClassUID, "1.2.840.10008.1.2.4.50")
+    assoc = ae.associate(
+        "127.0.0.1",
+        dimse_node.dimse_port,
+        ae_title=NODE_AE,
+        ext_neg=[build_role(cr.SOPClassUID, scp_role=True)],
+    )
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = cr.StudyInstanceUID
+    try:
+        responses = list(assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
+    finally:
+        assoc.release()
+    final = [r[0] for r in responses if r[0] is not None][-1]
+    assert final.NumberOfFailedSuboperations == 1
+    assert final.NumberOfCompletedSuboperations == 0
+    assert final.Status == 0xA702  # PS3.4 C.4.3.1.3.1: unable to perform sub-operations
