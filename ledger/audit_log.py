@@ -64,13 +64,31 @@ class Finding:
         return f"{where}: {self.kind}: {self.detail}"
 
 
+@dataclass(frozen=True)
+class EncodedEvent:
+    """An audit event validated and encoded as a leaf: its canonical bytes and leaf hash.
+
+    Made by ``encode_event``, so that callers can do that work in their own threads before the
+    commit, instead of inside it (the batching recorder does).
+    """
+
+    body: bytes
+    leaf_hash: bytes
+
+
+def encode_event(event: AuditEvent | Mapping[str, Any]) -> EncodedEvent:
+    """Validate an event and encode its leaf (raises ``AuditEventError`` when invalid)."""
+    body = _leaf_bytes(event)
+    return EncodedEvent(body, merkle.leaf_hash(body))
+
+
 class _Pending:
     """An ``append`` waiting for a group commit, or promoted to commit the queue itself."""
 
-    __slots__ = ("body", "error", "index", "lead", "wakeup")
+    __slots__ = ("entry", "error", "index", "lead", "wakeup")
 
-    def __init__(self, body: bytes) -> None:
-        self.body = body
+    def __init__(self, entry: EncodedEvent) -> None:
+        self.entry = entry
         self.index = -1
         self.lead = False
         self.error: BaseException | None = None
@@ -159,7 +177,7 @@ class AuditLog:
 
     def append(self, event: AuditEvent | Mapping[str, Any]) -> int:
         """Record one event; returns its leaf index once it is committed (durable)."""
-        pending = _Pending(_leaf_bytes(event))
+        pending = _Pending(encode_event(event))
         # Group commit: one caller at a time (the leader) commits everything queued in one
         # transaction, so concurrent callers share one fsync; the others sleep until their
         # batch is durable, or until they are promoted to lead the next batch.
@@ -182,7 +200,7 @@ class AuditLog:
             batch, self._queue = self._queue, []
         try:
             with self._commit_lock:
-                first = self._commit([p.body for p in batch])
+                first = self._commit([p.entry for p in batch])
         except BaseException as exc:
             for p in batch:
                 p.error = exc
@@ -202,21 +220,23 @@ class AuditLog:
 
     def append_many(self, events: Iterable[AuditEvent | Mapping[str, Any]]) -> list[int]:
         """Record several events in one transaction; returns their leaf indices."""
-        bodies = [_leaf_bytes(e) for e in events]
-        if not bodies:
+        return self.append_encoded([encode_event(e) for e in events])
+
+    def append_encoded(self, entries: Sequence[EncodedEvent]) -> list[int]:
+        """Record events already encoded by ``encode_event`` in one transaction."""
+        if not entries:
             return []
         with self._commit_lock:
             try:
-                first = self._commit(bodies)
+                first = self._commit(entries)
             except sa.exc.SQLAlchemyError as exc:
                 raise AuditLogError(
                     f"the audit events could not be recorded ({type(exc).__name__})"
                 ) from exc
-        return list(range(first, first + len(bodies)))
+        return list(range(first, first + len(entries)))
 
-    def _commit(self, bodies: Sequence[bytes]) -> int:
-        n = len(bodies)
-        leaves = [merkle.leaf_hash(b) for b in bodies]
+    def _commit(self, entries: Sequence[EncodedEvent]) -> int:
+        n = len(entries)
         head = self._head
         with self.engine.begin() as conn:
             # Write first: this takes the database's write lock before anything is read.
@@ -227,7 +247,7 @@ class AuditLog:
             cached_size, cached_peaks = self._frontier
             peaks = list(cached_peaks) if old == cached_size else self._load_peaks(conn, old)
             node_rows: list[tuple[int, int, bytes]] = []
-            for offset, lh in enumerate(leaves):
+            for offset, lh in enumerate(e.leaf_hash for e in entries):
                 end = old + offset + 1
                 node_rows.append((0, end - 1, lh))
                 level, acc = 0, lh
@@ -239,7 +259,7 @@ class AuditLog:
             # Straight to the driver's executemany: SQLAlchemy's per-row parameter processing
             # cost more than the inserts themselves.
             conn.exec_driver_sql(
-                self._insert_entry_sql, [(old + k, b) for k, b in enumerate(bodies)]
+                self._insert_entry_sql, [(old + k, e.body) for k, e in enumerate(entries)]
             )
             conn.exec_driver_sql(self._insert_node_sql, node_rows)
         self._frontier = (old + n, peaks)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ledger.cli_pki import register_pki_commands
 from ledger.errors import ConfigurationError, LedgerError
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ ledger_app = typer.Typer(help="Deploy and inspect the pacsmesh contracts.", no_a
 consortium_app = typer.Typer(help="Consortium members and membership votes.", no_args_is_help=True)
 patient_app = typer.Typer(help="Patient keys.", no_args_is_help=True)
 consent_app = typer.Typer(help="Patient consent grants.", no_args_is_help=True)
+register_pki_commands(consortium_app)  # init-ca, sign-csr (issue #6)
 
 EXIT_ERROR = 2
 PATIENT_PASSWORD_ENV = "PACSMESH_PATIENT_KEY_PASSWORD"

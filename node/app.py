@@ -12,9 +12,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from node.api.admin import build_router as build_admin_router
+from node.api.auth import build_router as build_auth_router
 from node.api.dicomweb.router import build_router as build_dicomweb_router
+from node.api.fhir.router import build_router as build_fhir_router
+from node.api.gateway import router as gateway_router
 from node.dimse.server import start_dimse
 from node.errors import NodeError
+from node.hl7.runtime import start_hl7
 from node.services.archive import Archive
 from node.settings import NodeSettings
 
@@ -32,16 +37,18 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
         # from rescanning it on every full pass (it was the p95 of wide QIDO results).
         gc.collect()
         gc.freeze()
+        hl7 = start_hl7(settings, app.state.archive.engine)
         dimse = None
-        if settings.dimse_port:
-            # Started after the archive is open and stopped before it closes: the DIMSE handlers
-            # use it from their own threads.
-            dimse = start_dimse(settings, app.state.archive)
         try:
+            if settings.dimse_port:
+                # Started after the archive is open and stopped before it closes: the DIMSE
+                # handlers use it from their own threads.
+                dimse = start_dimse(settings, app.state.archive)
             yield
         finally:
             if dimse is not None:
                 dimse.stop()
+            hl7.stop()
             if owned:
                 app.state.archive.close()
 
@@ -56,6 +63,12 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
     if archive is not None:
         app.state.archive = archive
     app.include_router(build_dicomweb_router(), prefix="/dicom-web")
+    app.include_router(gateway_router)
+    app.include_router(build_fhir_router(), prefix="/fhir")
+    app.include_router(build_admin_router(), prefix="/admin")
+    app.include_router(build_auth_router())
+    if settings.auth_enabled:
+        _install_auth(app, settings)
     _install_error_handlers(app)
 
     @app.get("/healthz", include_in_schema=False)
@@ -65,10 +78,20 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
     return app
 
 
+def _install_auth(app: FastAPI, settings: NodeSettings) -> None:
+    """Default deny: every route but the public allow-list needs a token and a scope."""
+    from node.auth.middleware import BearerAuthMiddleware
+    from node.auth.tokens import tokens_for
+
+    app.add_middleware(BearerAuthMiddleware, tokens=lambda: tokens_for(settings, app.state))
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NodeError)
     async def node_error(_request: Request, exc: NodeError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.http_status)
+        # Authentication errors carry their WWW-Authenticate challenge (RFC 6750 §3).
+        headers = getattr(exc, "headers", None)
+        return JSONResponse({"error": exc.message}, status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -9,6 +9,9 @@ from typing import Annotated
 
 import typer
 
+from node.cli_enroll import enroll
+from node.cli_users import user_app
+from node.cli_workflow import mount as mount_workflow
 from node.errors import NodeError
 
 app = typer.Typer(
@@ -18,7 +21,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 node_app = typer.Typer(help="Run and administer a hospital node.", no_args_is_help=True)
+node_app.command("enroll")(enroll)  # TLS identity in the consortium (issue #6)
 app.add_typer(node_app, name="node")
+node_app.add_typer(user_app, name="user")
+mount_workflow(node_app)  # pacsmesh node reconcile|outbox
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="node data directory (NODE_DATA_DIR)")
@@ -163,6 +169,7 @@ def _mount_roles() -> None:
     from federated.cli import federated_app
     from ledger.audit_cli import audit_app
     from ledger.cli import consent_app, consortium_app, ledger_app, patient_app
+    from node.cli_capture import capture
 
     for group, name in (
         (ledger_app, "ledger"),
@@ -173,6 +180,7 @@ def _mount_roles() -> None:
         (federated_app, "federated"),
     ):
         app.add_typer(group, name=name)
+    node_app.command("capture")(capture)
 
 
 @app.command("demo")

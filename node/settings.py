@@ -19,6 +19,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from node.auth.oidc_config import OidcIssuer
+
 GIB = 1 << 30
 
 
@@ -105,6 +107,54 @@ class NodeSettings(BaseSettings):
     ocs_port: int | None = Field(default=None, ge=1, le=65535)
     ocs_application: str = Field(default="OCS", description="MSH-5 of messages to the OCS")
     ocs_facility: str = Field(default="HOSPITAL", description="MSH-6 of messages to the OCS")
+    # -- issue #6 (pki-deid): consortium mutual TLS, see node/tls and docs/security-pki.md --
+    tls_ca_cert: Path | None = Field(
+        default=None, description="consortium CA certificate: peers must present one it issued"
+    )
+    tls_client_cert: Literal["optional", "required"] = Field(
+        default="optional",
+        description="'required' for a peer-only port; 'optional' where users without a "
+        "certificate also connect (peer routes still demand one)",
+    )
+    # --- Users, tokens and OIDC issuers (issue #6, auth helper) ---
+    # auth_enabled installs default deny on every route. It stays False only until the #6
+    # wiring session guards every route; that session makes it always on and removes it.
+    auth_enabled: bool = Field(default=False, description="require bearer tokens (default deny)")
+    token_issuer: str | None = Field(
+        default=None, description="`iss` of tokens this node signs; default: the base URL"
+    )
+    token_audience: str | None = Field(
+        default=None, description="`aud` tokens for this node carry; default: the issuer"
+    )
+    token_signing_key: Path | None = Field(
+        default=None, description="PEM private key; default DATA_DIR/keys/token-signing.pem"
+    )
+    token_ttl_seconds: int = Field(default=900, gt=0, le=86_400, description="login tokens")
+    token_max_ttl_seconds: int = Field(
+        default=86_400, gt=0, description="longest token `node user token` may print"
+    )
+    token_leeway_seconds: int = Field(
+        default=30, ge=0, le=300, description="clock skew allowed on exp, nbf and iat"
+    )
+    login_max_failures: int = Field(
+        default=5, gt=0, description="failed logins per user or per address before a pause"
+    )
+    login_window_seconds: int = Field(default=300, gt=0)
+    oidc_issuers: list[OidcIssuer] = Field(
+        default_factory=list, description="external OpenID Connect issuers trusted for users"
+    )
+
+    @property
+    def token_issuer_id(self) -> str:
+        """The `iss` this node puts in the tokens it signs."""
+        return (self.token_issuer or self.base_url).rstrip("/")
+
+    @property
+    def token_audience_id(self) -> str:
+        """The `aud` tokens for this node must carry."""
+        return self.token_audience or self.token_issuer_id
+
+    # --- end of the auth block ---
 
     @field_validator("ae_title")
     @classmethod

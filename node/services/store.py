@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from node.dicom.part10 import Part10Error, Part10Scanner
 from node.services.archive import Archive
+from node.services.matching import match_after_store
 from node.storage import records
 from node.storage.blobs import PendingBlob
 from node.storage.crypto import blob_aad, seal
@@ -350,6 +351,7 @@ class InstanceIngest:
         except BaseException:
             archive.blobs.delete(blob_name)
             raise
+        match_after_store(archive.engine, study)
         return result
 
     def _duplicate(

@@ -109,5 +109,6 @@ class NodeMeta(SQLModel, table=True):
     value: str = Field(max_length=512)
 
 
-# The workflow tables share this metadata: importing the index registers every table.
-from node.storage import workflow_index  # noqa: E402, F401
+# The workflow tables and local user accounts share this metadata: importing the index
+# registers every table.
+from node.storage import users_index, workflow_index  # noqa: E402, F401

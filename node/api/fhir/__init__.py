@@ -1,0 +1,1 @@
+"""FHIR R4 JSON under /fhir: one router module per resource type."""

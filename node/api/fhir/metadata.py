@@ -1,0 +1,129 @@
+"""The CapabilityStatement (R4 §6.1.0) at /fhir/metadata: what this server really implements.
+
+The search parameters listed per type are the ones the services accept (the test checks the
+two lists against each other), so a client can trust this statement.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from node.api.fhir.interactions import fhir_router
+from node.api.fhir.outcome import FhirResponse
+from node.services import (
+    fhir_imaging,
+    fhir_observations,
+    fhir_orders,
+    fhir_patients,
+    fhir_reports,
+)
+from node.services.fhir_search import now_instant
+
+router = fhir_router("CapabilityStatement")
+
+# name -> (FHIR search parameter type, what it matches)
+_PARAM_DOCS: Final[dict[str, tuple[str, str]]] = {
+    "_id": ("token", "the logical id"),
+    "identifier": ("token", "an identifier value, optionally system|value"),
+    "name": ("string", "start of any part of the name, any case"),
+    "birthdate": ("date", "birth date, with eq/ne/gt/ge/lt/le/sa/eb prefixes"),
+    "gender": ("token", "male | female | other | unknown"),
+    "patient": ("reference", "the Patient (Patient/id)"),
+    "subject": ("reference", "the subject, a Patient (Patient/id)"),
+    "status": ("token", "the resource status"),
+    "occurrence": ("date", "scheduled date of the order"),
+    "code": ("token", "the code, optionally system|code"),
+    "started": ("date", "study date"),
+    "modality": (
+        "token",
+        "DICOM modality code (CID 29): of any series (ImagingStudy), ordered (ServiceRequest)",
+    ),
+    "accession": ("token", "the accession number (a pacsmesh search parameter)"),
+    "basedon": ("reference", "the ServiceRequest the study fulfils"),
+    "based-on": ("reference", "the ServiceRequest the report fulfils"),
+    "date": ("date", "the study date of the report (effective)"),
+    "result": ("reference", "an Observation in the report"),
+    "derived-from": ("reference", "the ImagingStudy the finding was made on"),
+}
+_READ_SEARCH: Final = [{"code": "read"}, {"code": "search-type"}]
+_TYPES: Final[list[tuple[str, frozenset[str], list[dict[str, str]]]]] = [
+    ("Patient", fhir_patients.SEARCH_PARAMS, _READ_SEARCH),
+    ("ServiceRequest", fhir_orders.SEARCH_PARAMS, _READ_SEARCH),
+    ("ImagingStudy", fhir_imaging.SEARCH_PARAMS, _READ_SEARCH),
+    (
+        "DiagnosticReport",
+        fhir_reports.SEARCH_PARAMS,
+        [
+            *_READ_SEARCH,
+            {"code": "vread"},
+            {"code": "history-instance"},
+            {"code": "create"},
+            {"code": "update"},
+        ],
+    ),
+    ("Observation", fhir_observations.SEARCH_PARAMS, _READ_SEARCH),
+]
+
+
+def capability_statement(base_url: str) -> dict[str, Any]:
+    """This server's CapabilityStatement."""
+    resources: list[dict[str, Any]] = []
+    for resource_type, params, interactions in _TYPES:
+        entry: dict[str, Any] = {
+            "type": resource_type,
+            "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
+            "interaction": interactions,
+            "searchParam": [
+                {"name": p, "type": _PARAM_DOCS[p][0], "documentation": _PARAM_DOCS[p][1]}
+                for p in sorted(params)
+            ],
+        }
+        if resource_type == "DiagnosticReport":
+            entry.update(
+                versioning="versioned-update",
+                readHistory=True,
+                updateCreate=False,
+                conditionalCreate=False,
+                conditionalUpdate=False,
+            )
+        resources.append(entry)
+    resources.append(
+        {
+            "type": "Endpoint",
+            "profile": "http://hl7.org/fhir/StructureDefinition/Endpoint",
+            "interaction": [{"code": "read"}],
+        }
+    )
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": now_instant(),
+        "publisher": "pacsmesh",
+        "kind": "instance",
+        "software": {"name": "pacsmesh node", "version": "0.1.0"},
+        "implementation": {
+            "description": "pacsmesh node FHIR server",
+            "url": f"{base_url}/fhir",
+        },
+        "fhirVersion": "4.0.1",
+        "format": ["json", "application/fhir+json", "application/json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    "Search paging: _count (default 50, at most 500) and _offset. Unknown "
+                    "search parameters are refused with 400 unless Prefer: handling=lenient."
+                ),
+                "resource": resources,
+            }
+        ],
+    }
+
+
+@router.get("/metadata", name="capabilities")
+def metadata(request: Request) -> Response:
+    """The CapabilityStatement (R4 §3.1.0.9 capabilities interaction)."""
+    return FhirResponse(capability_statement(request.app.state.settings.base_url))

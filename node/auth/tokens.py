@@ -1,0 +1,222 @@
+"""The node's bearer tokens: short-lived JWTs it signs (ES256), and verifying any it trusts.
+
+Claims (RFC 7519 §4.1): iss (this node's issuer id), aud, sub, exp, iat, nbf, jti; plus `role`,
+`scope` (space-separated SMART scopes, RFC 8693 §4.2) and, for patients, `patient` (MRN and its
+issuer). Verification follows RFC 8725: the algorithm is pinned per issuer (never taken from the
+token), so `alg: none` and HS256-with-the-public-key tokens are refused before any key is used;
+the token's `iss` picks which keys may verify it (this node's, or a configured OIDC issuer's).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from node.auth import signing_key
+from node.auth.errors import AuthenticationError
+from node.auth.oidc import OidcVerifier
+from node.auth.policy import (
+    PatientBinding,
+    Principal,
+    Scope,
+    make_principal,
+    parse_scopes,
+    role_scopes,
+)
+from node.auth.signing_key import ALGORITHM, SigningKey
+from node.errors import InvalidRequestError
+from node.settings import NodeSettings
+
+REQUIRED_CLAIMS = ["iss", "aud", "sub", "exp", "iat", "nbf", "jti"]
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A signed token and what a token endpoint reports about it (RFC 6749 §5.1)."""
+
+    access_token: str
+    expires_in: int
+    scope: str
+    token_id: str
+
+
+def decode_error(exc: jwt.PyJWTError) -> AuthenticationError:
+    """One clear, fixed message per way a token can fail (no token content is echoed)."""
+    cases: list[tuple[type[jwt.PyJWTError], str]] = [
+        (jwt.ExpiredSignatureError, "token expired"),
+        (jwt.ImmatureSignatureError, "token not yet valid"),
+        (jwt.InvalidIssuerError, "token from an untrusted issuer"),
+        (jwt.InvalidAudienceError, "token not meant for this audience"),
+        (jwt.InvalidAlgorithmError, "token signing algorithm not accepted"),
+        (jwt.InvalidSignatureError, "token signature does not verify"),
+        (jwt.MissingRequiredClaimError, "token lacks a required claim"),
+        (jwt.DecodeError, "token is malformed"),
+    ]
+    for kind, message in cases:
+        if isinstance(exc, kind):
+            return AuthenticationError(message)
+    return AuthenticationError("token rejected")
+
+
+class NodeTokens:
+    """Issues this node's tokens and verifies bearer tokens from every trusted issuer."""
+
+    def __init__(
+        self,
+        key: SigningKey,
+        *,
+        issuer: str,
+        audience: str,
+        leeway: int = 30,
+        oidc: Iterable[OidcVerifier] = (),
+    ) -> None:
+        self.key = key
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+        self._oidc = {v.config.issuer.rstrip("/"): v for v in oidc}
+
+    @classmethod
+    def from_settings(cls, settings: NodeSettings) -> NodeTokens:
+        """Load (or create) the signing key and the configured OIDC issuers."""
+        path = settings.token_signing_key or signing_key.default_key_path(settings.data_dir)
+        return cls(
+            signing_key.load_or_create(path),
+            issuer=settings.token_issuer_id,
+            audience=settings.token_audience_id,
+            leeway=settings.token_leeway_seconds,
+            oidc=[OidcVerifier(c) for c in settings.oidc_issuers],
+        )
+
+    def jwks(self) -> dict[str, Any]:
+        """This node's public keys as a JWKS document (RFC 7517 §5)."""
+        return {"keys": [self.key.public_jwk()]}
+
+    def issue(
+        self,
+        *,
+        subject: str,
+        role: str,
+        ttl_seconds: int,
+        scopes: Iterable[Scope] | None = None,
+        patient: PatientBinding | None = None,
+        now: float | None = None,
+    ) -> IssuedToken:
+        """Sign a token for a subject; `scopes` narrows the role's scopes, never widens them."""
+        ceiling = role_scopes(role)
+        if not ceiling:
+            raise InvalidRequestError("unknown role")
+        granted = ceiling
+        if scopes is not None:
+            scopes = tuple(scopes)
+            principal = make_principal(
+                subject=subject, role=role, scopes=scopes, issuer="", token_id="", patient=patient
+            )
+            if set(principal.scopes) != set(scopes):
+                raise InvalidRequestError("requested scope exceeds what the role may hold")
+            granted = principal.scopes
+        if role == "patient" and patient is None:
+            raise InvalidRequestError("a patient token needs the patient it belongs to")
+        issued_at = int(now if now is not None else time.time())
+        token_id = secrets.token_urlsafe(16)
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": subject,
+            "iat": issued_at,
+            "nbf": issued_at,
+            "exp": issued_at + ttl_seconds,
+            "jti": token_id,
+            "role": role,
+            "scope": " ".join(str(s) for s in granted),
+        }
+        if patient is not None and role == "patient":
+            claims["patient"] = {"mrn": patient.mrn, "issuer": patient.issuer}
+            if patient.address:
+                claims["patient"]["address"] = patient.address
+        token = jwt.encode(
+            claims, self.key.private, algorithm=ALGORITHM, headers={"kid": self.key.kid}
+        )
+        return IssuedToken(token, ttl_seconds, claims["scope"], token_id)
+
+    def verify(self, token: str) -> Principal:
+        """The principal a bearer token stands for, or AuthenticationError saying why not."""
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise decode_error(exc) from None
+        issuer = unverified.get("iss")
+        if not isinstance(issuer, str):
+            raise AuthenticationError("token lacks a required claim")
+        issuer = issuer.rstrip("/")
+        if issuer == self.issuer:
+            return self._verify_own(token, header)
+        oidc = self._oidc.get(issuer)
+        if oidc is not None:
+            return oidc.verify(token, header, self.leeway)
+        raise AuthenticationError("token from an untrusted issuer")
+
+    def _verify_own(self, token: str, header: dict[str, Any]) -> Principal:
+        # RFC 8725 §3.1: the algorithm is ours to choose; the header only has to agree.
+        if header.get("alg") != ALGORITHM:
+            raise AuthenticationError("token signing algorithm not accepted")
+        try:
+            claims = jwt.decode(
+                token,
+                self.key.public,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.PyJWTError as exc:
+            raise decode_error(exc) from None
+        return _principal_from_claims(claims)
+
+
+def _principal_from_claims(claims: dict[str, Any]) -> Principal:
+    role = claims.get("role")
+    scope = claims.get("scope", "")
+    if not isinstance(role, str) or not isinstance(scope, str):
+        raise AuthenticationError("token claims are malformed")
+    patient = None
+    bound = claims.get("patient")
+    if isinstance(bound, dict) and isinstance(bound.get("mrn"), str):
+        issuer = bound.get("issuer", "")
+        address = bound.get("address")
+        patient = PatientBinding(
+            bound["mrn"],
+            issuer if isinstance(issuer, str) else "",
+            address if isinstance(address, str) else None,
+        )
+    if role == "patient" and patient is None:
+        raise AuthenticationError("patient token names no patient")
+    return make_principal(
+        subject=str(claims["sub"]),
+        role=role,
+        scopes=parse_scopes(scope),
+        issuer=str(claims["iss"]),
+        token_id=str(claims["jti"]),
+        patient=patient,
+    )
+
+
+_cache_lock = threading.Lock()
+
+
+def tokens_for(settings: NodeSettings, holder: Any) -> NodeTokens:
+    """The NodeTokens cached on `holder` (app.state), built on first use."""
+    with _cache_lock:
+        tokens: NodeTokens | None = getattr(holder, "node_tokens", None)
+        if tokens is None:
+            tokens = NodeTokens.from_settings(settings)
+            holder.node_tokens = tokens
+        return tokens

@@ -1,0 +1,135 @@
+"""Local accounts: add, remove, list, and password sign-in against the index database.
+
+Used by the token endpoint and by `pacsmesh node user`, which runs beside a live node and so
+touches only the index database (never the archive's data-directory lock).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, Table, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from node.auth.passwords import hash_password, verify_password
+from node.auth.policy import ROLES, PatientBinding
+from node.errors import ConflictError, InvalidRequestError, NotFoundError
+from node.storage.users_index import NodeUser
+
+USERS: Table = NodeUser.__table__  # type: ignore[attr-defined]
+_USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+MIN_PASSWORD = 12
+
+
+@dataclass(frozen=True)
+class Account:
+    """A local account as callers see it (never the hash)."""
+
+    username: str
+    role: str
+    patient: PatientBinding | None
+    disabled: bool
+    has_password: bool
+    created_at: datetime
+
+
+def _account(row: object) -> Account:
+    mrn = getattr(row, "patient_mrn", None)
+    patient = PatientBinding(mrn, getattr(row, "patient_issuer", None) or "") if mrn else None
+    return Account(
+        username=row.username,  # type: ignore[attr-defined]
+        role=row.role,  # type: ignore[attr-defined]
+        patient=patient,
+        disabled=bool(row.disabled),  # type: ignore[attr-defined]
+        has_password=row.password_hash is not None,  # type: ignore[attr-defined]
+        created_at=row.created_at,  # type: ignore[attr-defined]
+    )
+
+
+def add_user(
+    engine: Engine,
+    username: str,
+    role: str,
+    *,
+    password: str | None = None,
+    patient: PatientBinding | None = None,
+) -> Account:
+    """Create an account; patients must name their MRN, staff must not."""
+    if not _USERNAME_RE.match(username):
+        raise InvalidRequestError(
+            "invalid username: 1-64 letters, digits or . _ @ -, starting with a letter or digit"
+        )
+    if role not in ROLES:
+        raise InvalidRequestError(f"unknown role; choose one of {', '.join(ROLES)}")
+    if (role == "patient") != (patient is not None):
+        raise InvalidRequestError("a patient account needs --patient MRN; other roles take none")
+    if password is not None and len(password) < MIN_PASSWORD:
+        raise InvalidRequestError(f"password too short: at least {MIN_PASSWORD} characters")
+    now = datetime.now(UTC)
+    values = {
+        "username": username,
+        "password_hash": hash_password(password) if password is not None else None,
+        "role": role,
+        "patient_mrn": patient.mrn if patient else None,
+        "patient_issuer": patient.issuer if patient else None,
+        "disabled": False,
+        "created_at": now,
+        "updated_at": now,
+    }
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(USERS).values(**values))
+    except IntegrityError:
+        raise ConflictError("a user with that name already exists") from None
+    return get_user(engine, username)
+
+
+def get_user(engine: Engine, username: str) -> Account:
+    """One account, or NotFoundError."""
+    with engine.connect() as conn:
+        row = conn.execute(select(USERS).where(USERS.c.username == username)).first()
+    if row is None:
+        raise NotFoundError("no such user")
+    return _account(row)
+
+
+def remove_user(engine: Engine, username: str) -> None:
+    """Delete an account; tokens already issued expire on their own (they are short-lived)."""
+    with engine.begin() as conn:
+        if conn.execute(delete(USERS).where(USERS.c.username == username)).rowcount == 0:
+            raise NotFoundError("no such user")
+
+
+def set_disabled(engine: Engine, username: str, disabled: bool) -> None:
+    """Disable (or re-enable) sign-in and token issuance for an account."""
+    with engine.begin() as conn:
+        changed = conn.execute(
+            update(USERS)
+            .where(USERS.c.username == username)
+            .values(disabled=disabled, updated_at=datetime.now(UTC))
+        ).rowcount
+    if changed == 0:
+        raise NotFoundError("no such user")
+
+
+def list_users(engine: Engine) -> list[Account]:
+    """Every account, by name."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(USERS).order_by(USERS.c.username)).all()
+    return [_account(r) for r in rows]
+
+
+def authenticate(engine: Engine, username: str, password: str) -> Account | None:
+    """The account if the password is right and the account enabled; None otherwise.
+
+    Unknown users cost the same hashing work as known ones (no user enumeration by timing).
+    """
+    with engine.connect() as conn:
+        row = conn.execute(select(USERS).where(USERS.c.username == username)).first()
+    stored = row.password_hash if row is not None else None
+    ok = verify_password(password, stored)
+    if row is None or not ok or row.disabled:
+        return None
+    return _account(row)
