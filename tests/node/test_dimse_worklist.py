@@ -14,7 +14,8 @@ from sqlalchemy import create_engine
 from sqlmodel import Session
 
 from node.storage.workflow_index import ImagingOrder, Patient
-from tests.node.dimse_helpers import MODALITY_AE, DimseNode, dimse_node, findscu
+from tests.node.dimse_helpers import MODALITY_AE, DimseNode, dimse_node, findscu, storescu
+from tests.node.factories import make_ct, to_bytes
 
 __all__ = ["dimse_node"]
 
@@ -146,3 +147,38 @@ def test_worklist_matches_patient_keys_and_accession(
         tmp_path / "w6", MODALITY_AE,
     )  # fmt: skip
     assert bad == [] and "Error: DataSetDoesNotMatchSOPClass" in out, out
+
+
+def test_acquisition_from_a_worklist_entry_completes_its_order(
+    dimse_node: DimseNode, orders: dict[str, ImagingOrder], tmp_path: Path
+) -> None:
+    """The modality's loop: take the entry, acquire with its attributes, C-STORE; the study
+    matches its order, which leaves the worklist."""
+    (entry,), out = findscu(
+        dimse_node, "-W", [*RETURN_KEYS, "AccessionNumber=ACC102"], tmp_path / "w7", MODALITY_AE
+    )
+    image = make_ct(
+        study_uid=str(entry.StudyInstanceUID),
+        patient_id=str(entry.PatientID),
+        patient_name=str(entry.PatientName),
+        seed=11,
+    )
+    image.AccessionNumber = entry.AccessionNumber
+    image.Modality = entry.ScheduledProcedureStepSequence[0].Modality
+    path = tmp_path / "acquired.dcm"
+    path.write_bytes(to_bytes(image))
+    assert "Error" not in storescu(dimse_node, MODALITY_AE, [path])
+
+    engine = create_engine(dimse_node.node.database_url or "")
+    try:
+        with Session(engine) as session:
+            order = session.get(ImagingOrder, "ACC102")
+            assert order is not None
+            assert order.status == "completed"
+            assert order.matched_study_uid == entry.StudyInstanceUID
+    finally:
+        engine.dispose()
+    after, out = findscu(
+        dimse_node, "-W", [*RETURN_KEYS, "AccessionNumber=ACC102"], tmp_path / "w8", MODALITY_AE
+    )
+    assert after == [], out
