@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 ROOT = Path(__file__).resolve().parent.parent
 ORTHANC = ROOT.parent / "shared" / "peers" / "orthanc"
@@ -53,7 +53,7 @@ def write_set(out: Path, count: int, size: int, sop_class: str, modality: str) -
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
         ds.SOPClassUID = sop_class
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
