@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from node.api.admin import build_router as build_admin_router
+from node.api.audit_http import AuditMiddleware
 from node.api.auth import build_router as build_auth_router
 from node.api.dicomweb.router import build_router as build_dicomweb_router
 from node.api.fhir.router import build_router as build_fhir_router
@@ -20,6 +21,7 @@ from node.api.gateway import router as gateway_router
 from node.errors import NodeError
 from node.hl7.runtime import start_hl7
 from node.services.archive import Archive
+from node.services.audit import NodeAudit
 from node.settings import NodeSettings
 
 log = logging.getLogger("pacsmesh.node")
@@ -34,13 +36,16 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
         app.state.archive = archive or Archive.open(settings)
         # Everything allocated so far lives for the whole process: keep the cyclic collector
         # from rescanning it on every full pass (it was the p95 of wide QIDO results).
+        app.state.audit = NodeAudit.open(settings.data_dir, settings.ae_title)
         gc.collect()
         gc.freeze()
-        hl7 = start_hl7(settings, app.state.archive.engine)
+        hl7 = start_hl7(settings, app.state.archive.engine, app.state.audit)
         try:
             yield
         finally:
             hl7.stop()
+            # Last: every event of a request or message still in flight is committed first.
+            app.state.audit.close()
             if owned:
                 app.state.archive.close()
 
@@ -61,6 +66,8 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
     app.include_router(build_auth_router())
     if settings.auth_enabled:
         _install_auth(app, settings)
+    # Outermost (added last): requests that authentication refuses are audited too.
+    app.add_middleware(AuditMiddleware, audit=lambda: getattr(app.state, "audit", None))
     _install_error_handlers(app)
 
     @app.get("/healthz", include_in_schema=False)
