@@ -166,7 +166,7 @@ class AuditIndex:
         issuer: str = "",
         address: str | None = None,
     ) -> set[str]:
-        """Every reference under which events about one patient are recorded."""
+        """Every reference under which events about one patient, or by them, are recorded."""
         refs: set[str] = set()
         pt = Patient.__table__  # type: ignore[attr-defined]
         identities: set[tuple[str, str]] = set()
@@ -186,10 +186,12 @@ class AuditIndex:
             )
             keys.update(str(r.patient_key) for r in rows)
         if address:
-            refs.add(address.lower())
+            refs.update((address.lower(), f"agent:{address.lower()}"))
         refs.update(self.audit.patient_resource_ref(k) for k in keys)
         for mrn_value, issuer_value in identities:
-            refs.add(self.audit.patient_ref(mrn_value, issuer_value))
+            own = self.audit.patient_ref(mrn_value, issuer_value)
+            # What the patient did themselves is recorded under them as the agent.
+            refs.update((own, f"agent:{own}"))
             # DICOM queries rarely carry IssuerOfPatientID, and the study index does not keep it.
             refs.add(self.audit.patient_ref(mrn_value, ""))
             refs.update(self._record_refs(index_conn, mrn_value))

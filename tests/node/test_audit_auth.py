@@ -81,7 +81,8 @@ def test_principals_logins_and_refusals_are_recorded(tmp_path: Path) -> None:
     assert by_patient["agents"][0]["who"].startswith("sha256:")  # no ledger address yet
     assert "MRN-1" not in json.dumps(events)
 
-    # The patient's own view: only the events about them (the query for MRN-1, not MRN-2).
+    # The patient's own view: the events about them (the query for MRN-1, not MRN-2) and their
+    # own (refused) request.
     audit = NodeAudit.open(node.data_dir, "PACSMESH")
     engine = open_index(default_database_url(node.data_dir))
     try:
@@ -90,7 +91,7 @@ def test_principals_logins_and_refusals_are_recorded(tmp_path: Path) -> None:
             own = index.patient_refs(conn, mrn="MRN-1")
             everything = parse_search([], frozenset(), lenient=False)
             total, hits = index.search(conn, everything, own)
-            assert total == 1 and hits[0].leaf_index == 2
+            assert total == 2 and [h.leaf_index for h in hits] == [6, 2]
             assert index.read(3, own) is None and index.read(2, own) is not None
             total, _ = index.search(conn, everything, None)
             assert total == 7
