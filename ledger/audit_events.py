@@ -192,9 +192,15 @@ class Agent(_Strict):
 
     @model_validator(mode="after")
     def _patient_pseudonym(self) -> Self:
-        # A patient acting for themselves is known to the network only by their ledger address.
-        if self.role is ParticipantRole.PATIENT and not _ADDRESS_REF.match(self.who):
-            raise ValueError("a patient agent's who must be their ledger address (0x + 40 hex)")
+        # A patient acting for themselves is known to the network only by their ledger address;
+        # a node's own patient without one yet, by the node's pseudonymous hash of them.
+        if self.role is ParticipantRole.PATIENT and not (
+            _ADDRESS_REF.match(self.who) or _HASH_REF.match(self.who)
+        ):
+            raise ValueError(
+                "a patient agent's who must be their ledger address (0x + 40 hex) "
+                "or a pseudonymous hash (sha256:…)"
+            )
         if not _TOKEN.match(self.who):
             raise ValueError("an agent's who must be one identifier token, no spaces")
         return self

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from node.api.admin import build_router as build_admin_router
+from node.api.audit_http import AuditMiddleware
 from node.api.auth import build_router as build_auth_router
 from node.api.dicomweb.router import build_router as build_dicomweb_router
 from node.api.fhir.router import build_router as build_fhir_router
@@ -21,6 +22,7 @@ from node.dimse.server import start_dimse
 from node.errors import NodeError
 from node.hl7.runtime import start_hl7
 from node.services.archive import Archive
+from node.services.audit import NodeAudit
 from node.settings import NodeSettings
 
 log = logging.getLogger("pacsmesh.node")
@@ -35,20 +37,23 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
         app.state.archive = archive or Archive.open(settings)
         # Everything allocated so far lives for the whole process: keep the cyclic collector
         # from rescanning it on every full pass (it was the p95 of wide QIDO results).
+        app.state.audit = NodeAudit.open(settings.data_dir, settings.ae_title)
         gc.collect()
         gc.freeze()
-        hl7 = start_hl7(settings, app.state.archive.engine)
+        hl7 = start_hl7(settings, app.state.archive.engine, app.state.audit)
         dimse = None
         try:
             if settings.dimse_port:
                 # Started after the archive is open and stopped before it closes: the DIMSE
                 # handlers use it from their own threads.
-                dimse = start_dimse(settings, app.state.archive)
+                dimse = start_dimse(settings, app.state.archive, app.state.audit)
             yield
         finally:
             if dimse is not None:
                 dimse.stop()
             hl7.stop()
+            # Last: every event of a request or message still in flight is committed first.
+            app.state.audit.close()
             if owned:
                 app.state.archive.close()
 
@@ -69,6 +74,8 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
     app.include_router(build_auth_router())
     if settings.auth_enabled:
         _install_auth(app, settings)
+    # Outermost (added last): requests that authentication refuses are audited too.
+    app.add_middleware(AuditMiddleware, audit=lambda: getattr(app.state, "audit", None))
     _install_error_handlers(app)
 
     @app.get("/healthz", include_in_schema=False)

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from node.api.audit_http import note_login
 from node.auth.deps import NodeTokensDep
 from node.auth.errors import REALM
 from node.auth.policy import parse_scopes
@@ -80,6 +81,7 @@ def build_router() -> APIRouter:
         username, password = form.get("username", ""), form.get("password", "")
         if not username or not password:
             return _oauth_error(400, "invalid_request", "username and password are required")
+        note_login(request, username, None)  # the audit event names whom the attempt was for
         throttle = _throttle(request)
         client = request.client.host if request.client else "unknown"
         keys = [f"user:{username.lower()}", f"addr:{client}"]
@@ -102,6 +104,7 @@ def build_router() -> APIRouter:
                 **{"WWW-Authenticate": f'Bearer realm="{REALM}"'},
             )
         throttle.succeeded(keys[0])
+        note_login(request, account.username, account.role)
         requested = form.get("scope")
         scopes = parse_scopes(requested) if requested else None
         if requested is not None and not scopes:

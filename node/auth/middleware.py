@@ -97,6 +97,8 @@ class BearerAuthMiddleware:
             token = bearer_token(_header(scope, b"authorization"))
             # Off the event loop: verifying an OIDC token may fetch the provider's keys.
             principal = await run_in_threadpool(lambda: self.tokens().verify(token))
+            # Kept before the route check, so that a refusal is audited under who was refused.
+            scope.setdefault("state", {})["principal"] = principal
             method = scope.get("method", "GET")
             rule = rule_for(scope["path"], method, self.rules)
             if rule is None:
@@ -108,7 +110,6 @@ class BearerAuthMiddleware:
         except NodeError as exc:
             await _reject(exc, send)
             return
-        scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
 

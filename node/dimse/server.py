@@ -26,6 +26,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from node.dimse import audit as audited
 from node.dimse.association import KnownAEs, handle_requested
 from node.dimse.find import PATIENT_ROOT_LEVELS, STUDY_ROOT_LEVELS, handle_find
 from node.dimse.retrieve import handle_get, handle_move
@@ -33,6 +34,7 @@ from node.dimse.store import handle_store
 from node.dimse.transport import LowLatencyAssociationServer
 from node.dimse.worklist import handle_worklist
 from node.services.archive import Archive
+from node.services.audit import NodeAudit
 from node.settings import NodeSettings
 
 log = logging.getLogger("pacsmesh.dimse")
@@ -101,8 +103,14 @@ def build_ae(settings: NodeSettings) -> AE:
     return ae
 
 
-def start_dimse(settings: NodeSettings, archive: Archive) -> DimseService:
-    """Start the DIMSE listener in background threads; returns at once."""
+def start_dimse(
+    settings: NodeSettings, archive: Archive, audit: NodeAudit | None = None
+) -> DimseService:
+    """Start the DIMSE listener in background threads; returns at once.
+
+    With `audit`, every C-STORE, C-FIND, worklist query, C-MOVE and C-GET is recorded in the
+    node's audit trail before its final response (node/dimse/audit.py).
+    """
     # pynetdicom logs request identifiers (patient names and IDs) at INFO: never let them through.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     known = KnownAEs(settings.remote_aes)
@@ -116,6 +124,13 @@ def start_dimse(settings: NodeSettings, archive: Archive) -> DimseService:
         (evt.EVT_C_GET, handle_get, [archive]),
         (evt.EVT_C_MOVE, handle_move, [archive, known]),
     ]
+    if audit is not None:
+        handlers[2:] = [
+            (evt.EVT_C_STORE, audited.store, [handle_store, [archive, known], audit]),
+            (evt.EVT_C_FIND, _audited_find, [archive, title, audit]),
+            (evt.EVT_C_GET, _audited_get, [archive, audit]),
+            (evt.EVT_C_MOVE, _audited_move, [archive, known, audit]),
+        ]
     # start_server(block=False) with our server class: make_server is pynetdicom's hook for it.
     server = ae.make_server(
         (settings.host, settings.dimse_port),
@@ -143,3 +158,21 @@ def _route_find(event: evt.Event, archive: Archive, ae_title: str):  # type: ign
         yield from handle_find(event, archive, ae_title, PATIENT_ROOT_LEVELS)
     else:
         yield from handle_find(event, archive, ae_title, STUDY_ROOT_LEVELS)
+
+
+def _audited_find(event: evt.Event, archive: Archive, ae_title: str, audit: NodeAudit):  # type: ignore[no-untyped-def]
+    """EVT_C_FIND, recorded in the audit trail before its final status."""
+    service = (
+        "MWL" if event.request.AffectedSOPClassUID == ModalityWorklistInformationFind else "C-FIND"
+    )
+    yield from audited.find(event, _route_find(event, archive, ae_title), service, audit)
+
+
+def _audited_get(event: evt.Event, archive: Archive, audit: NodeAudit):  # type: ignore[no-untyped-def]
+    """EVT_C_GET, recorded in the audit trail before its final response."""
+    yield from audited.retrieve(event, handle_get(event, archive), "C-GET", audit)
+
+
+def _audited_move(event: evt.Event, archive: Archive, known: KnownAEs, audit: NodeAudit):  # type: ignore[no-untyped-def]
+    """EVT_C_MOVE, recorded in the audit trail before its final response."""
+    yield from audited.retrieve(event, handle_move(event, archive, known), "C-MOVE", audit)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from node.errors import NodeError
+from node.hl7.audit import audit_hl7
 from node.hl7.inbound import InboundProcessor
 from node.hl7.mllp import MLLPServer
+from node.services.audit import NodeAudit
 from node.settings import NodeSettings
 
 
@@ -21,12 +23,23 @@ def decode_message(payload: bytes) -> str:
         return payload.decode("latin-1")
 
 
-def start_listener(settings: NodeSettings, engine: Engine, port: int | None = None) -> MLLPServer:
+def start_listener(
+    settings: NodeSettings,
+    engine: Engine,
+    port: int | None = None,
+    audit: NodeAudit | None = None,
+) -> MLLPServer:
     """Bind settings.host:settings.hl7_port (or `port`) and serve in the background."""
     processor = InboundProcessor(engine, settings.hl7_application, settings.hl7_facility)
 
     def handle(payload: bytes) -> bytes:
-        return processor.handle(decode_message(payload)).encode("utf-8")
+        text = decode_message(payload)
+        ack = processor.handle(text)
+        if audit is not None:
+            # Before the ACK leaves: a sender never holds an ACK for an unaudited message. If
+            # the event cannot be recorded, the sender gets no ACK and resends.
+            audit_hl7(audit, text, ack)
+        return ack.encode("utf-8")
 
     bind_port = settings.hl7_port if port is None else port
     server = MLLPServer(settings.host, bind_port, handle)

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 from node.hl7.listener import start_listener
 from node.hl7.mllp import MLLPServer
 from node.hl7.outbound import DeliveryWorker, start_delivery
+from node.services.audit import NodeAudit
 from node.settings import NodeSettings
 
 log = logging.getLogger("pacsmesh.hl7")
@@ -32,12 +33,12 @@ class HL7Runtime:
             self.worker = None
 
 
-def start_hl7(settings: NodeSettings, engine: Engine) -> HL7Runtime:
-    """Start what the settings ask for."""
+def start_hl7(settings: NodeSettings, engine: Engine, audit: NodeAudit | None = None) -> HL7Runtime:
+    """Start what the settings ask for; inbound messages are audited when `audit` is given."""
     runtime = HL7Runtime()
     try:
         if settings.hl7_port:
-            runtime.listener = start_listener(settings, engine)
+            runtime.listener = start_listener(settings, engine, audit=audit)
             log.info("HL7 MLLP listener on %s:%d", settings.host, runtime.listener.port)
         if settings.ocs_host:
             runtime.worker = start_delivery(engine, settings)

@@ -8,6 +8,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from node.api.audit_http import note_studies
 from node.api.deps import ArchiveDep
 from node.api.dicomweb import media
 from node.dicom.multipart import (
@@ -94,6 +95,7 @@ async def _stow(request: Request, archive: Archive, study_uid: str | None) -> JS
         raise
     if not parts:
         raise InvalidRequestError("multipart body contains no parts")
+    note_studies(request, {s.study_uid for s in stored})  # for the request's audit event
     body = _response(stored, failed, archive.settings.base_url + "/dicom-web")
     status = 200 if not failed else 202 if stored else 409
     return JSONResponse(body, status_code=status, media_type="application/dicom+json")

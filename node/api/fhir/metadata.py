@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from node.api.fhir.interactions import fhir_router
 from node.api.fhir.outcome import FhirResponse
 from node.services import (
+    audit_search,
     fhir_imaging,
     fhir_observations,
     fhir_orders,
@@ -47,6 +48,20 @@ _PARAM_DOCS: Final[dict[str, tuple[str, str]]] = {
     "date": ("date", "the study date of the report (effective)"),
     "result": ("reference", "an Observation in the report"),
     "derived-from": ("reference", "the ImagingStudy the finding was made on"),
+    # AuditEvent (node/api/fhir/audit_event.py, docs/security-audit.md)
+    "action": ("token", "C | R | U | D | E"),
+    "agent": ("token", "who acted, as recorded (user:NAME, ae:TITLE, hl7:APP@FACILITY, 0x…)"),
+    "agent-role": ("token", "the agent's role (clinician, …, or a DICOM CID 402 code)"),
+    "entity": ("token", "a recorded reference (sha256:…, 0x…) or Type/id (ImagingStudy/UID)"),
+    "outcome": ("token", "0 | 4 | 8 | 12"),
+    "type": ("token", "DICOM CID 400 event code, optionally DCM system|code"),
+    "subtype": ("token", "restful interaction: read, search-type, create, update, delete"),
+}
+# Where a parameter means something else on one type.
+_TYPE_PARAM_DOCS: Final[dict[tuple[str, str], tuple[str, str]]] = {
+    ("AuditEvent", "_id"): ("token", "the event's leaf index in the audit log"),
+    ("AuditEvent", "date"): ("date", "when the event was recorded, with prefixes"),
+    ("AuditEvent", "patient"): ("reference", "the Patient (Patient/id) or their ledger address"),
 }
 _READ_SEARCH: Final = [{"code": "read"}, {"code": "search-type"}]
 _TYPES: Final[list[tuple[str, frozenset[str], list[dict[str, str]]]]] = [
@@ -65,6 +80,7 @@ _TYPES: Final[list[tuple[str, frozenset[str], list[dict[str, str]]]]] = [
         ],
     ),
     ("Observation", fhir_observations.SEARCH_PARAMS, _READ_SEARCH),
+    ("AuditEvent", audit_search.SEARCH_PARAMS, _READ_SEARCH),
 ]
 
 
@@ -77,8 +93,9 @@ def capability_statement(base_url: str) -> dict[str, Any]:
             "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
             "interaction": interactions,
             "searchParam": [
-                {"name": p, "type": _PARAM_DOCS[p][0], "documentation": _PARAM_DOCS[p][1]}
+                {"name": p, "type": doc[0], "documentation": doc[1]}
                 for p in sorted(params)
+                for doc in [_TYPE_PARAM_DOCS.get((resource_type, p), _PARAM_DOCS[p])]
             ],
         }
         if resource_type == "DiagnosticReport":

@@ -8,6 +8,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import Match
 
 from node.api.fhir import (
+    audit_event,
     diagnostic_report,
     imaging_study,
     metadata,
@@ -23,7 +24,15 @@ _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 def build_router() -> APIRouter:
     """Every FHIR interaction; mount under /fhir."""
     router = APIRouter(route_class=FhirRoute)
-    modules = (metadata, patient, service_request, imaging_study, diagnostic_report, observation)
+    modules = (
+        metadata,
+        patient,
+        service_request,
+        imaging_study,
+        diagnostic_report,
+        observation,
+        audit_event,
+    )
     routes = [r for m in modules for r in m.router.routes if isinstance(r, APIRoute)]
     for module in modules:
         router.include_router(module.router)
