@@ -19,6 +19,7 @@ from node.api.fhir.router import build_router as build_fhir_router
 from node.api.gateway import router as gateway_router
 from node.errors import NodeError
 from node.hl7.runtime import start_hl7
+from node.ledger_link import close_ledger_link, open_ledger_link
 from node.services.archive import Archive
 from node.settings import NodeSettings
 
@@ -37,9 +38,11 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
         gc.collect()
         gc.freeze()
         hl7 = start_hl7(settings, app.state.archive.engine)
+        open_ledger_link(app, settings)  # app.state.ledger (+ ledger_chain, ledger_deployment)
         try:
             yield
         finally:
+            close_ledger_link(app)
             hl7.stop()
             if owned:
                 app.state.archive.close()

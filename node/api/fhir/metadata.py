@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from node.api.fhir.interactions import fhir_router
 from node.api.fhir.outcome import FhirResponse
 from node.services import (
+    consent_fhir,
     fhir_imaging,
     fhir_observations,
     fhir_orders,
@@ -47,6 +48,9 @@ _PARAM_DOCS: Final[dict[str, tuple[str, str]]] = {
     "date": ("date", "the study date of the report (effective)"),
     "result": ("reference", "an Observation in the report"),
     "derived-from": ("reference", "the ImagingStudy the finding was made on"),
+    "actor": ("reference", "the grantee member: account, hospital id, `all`, or system|value"),
+    "purpose": ("token", "v3-ActReason purpose: TREAT, HRESCH or MLTRAINING"),
+    "period": ("date", "the grant's validity window (eq overlaps the date; ge/gt/le/lt)"),
 }
 _READ_SEARCH: Final = [{"code": "read"}, {"code": "search-type"}]
 _TYPES: Final[list[tuple[str, frozenset[str], list[dict[str, str]]]]] = [
@@ -65,6 +69,7 @@ _TYPES: Final[list[tuple[str, frozenset[str], list[dict[str, str]]]]] = [
         ],
     ),
     ("Observation", fhir_observations.SEARCH_PARAMS, _READ_SEARCH),
+    ("Consent", consent_fhir.SEARCH_PARAMS, [*_READ_SEARCH, {"code": "create"}]),
 ]
 
 
@@ -81,6 +86,11 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                 for p in sorted(params)
             ],
         }
+        if resource_type == "Patient":
+            # The patient-signed link to a network identity (docs/consent.md).
+            entry["operation"] = [
+                {"name": "link", "definition": "urn:pacsmesh:OperationDefinition/Patient-link"}
+            ]
         if resource_type == "DiagnosticReport":
             entry.update(
                 versioning="versioned-update",

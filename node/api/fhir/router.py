@@ -8,11 +8,13 @@ from fastapi.routing import APIRoute
 from starlette.routing import Match
 
 from node.api.fhir import (
+    consent,
     diagnostic_report,
     imaging_study,
     metadata,
     observation,
     patient,
+    patient_link,
     service_request,
 )
 from node.api.fhir.outcome import FhirRoute, outcome
@@ -24,8 +26,9 @@ def build_router() -> APIRouter:
     """Every FHIR interaction; mount under /fhir."""
     router = APIRouter(route_class=FhirRoute)
     modules = (metadata, patient, service_request, imaging_study, diagnostic_report, observation)
-    routes = [r for m in modules for r in m.router.routes if isinstance(r, APIRoute)]
-    for module in modules:
+    modules_6 = (consent, patient_link)  # issue #6: ledger consent (docs/consent.md)
+    routes = [r for m in (*modules, *modules_6) for r in m.router.routes if isinstance(r, APIRoute)]
+    for module in (*modules, *modules_6):
         router.include_router(module.router)
 
     def unsupported(rest: str, request: Request) -> Response:

@@ -1,0 +1,82 @@
+"""FHIR Consent: read and search over the ledger's grants, and create (a signed grant/revoke).
+
+Consents exist only on a node connected to the ledger; without one every interaction here is
+503 with an OperationOutcome saying so. Translation only: the rules are in
+`node.services.consent_fhir` (resources) and `node.services.consent_intake` (verify, relay).
+"""
+
+from __future__ import annotations
+
+from anyio import to_thread
+from fastapi import Request
+from fastapi.responses import Response
+
+from ledger.consent import SignedConsent, consent_ref
+from node.api.deps import ArchiveDep
+from node.api.fhir.interactions import fhir_router
+from node.api.fhir.outcome import (
+    FhirResponse,
+    fhir_base,
+    lenient,
+    require_json_body,
+    resource_response,
+)
+from node.ledger_link import LedgerLink, ledger_of
+from node.services import consent_fhir, consent_intake
+from node.services.archive import Archive
+from node.services.consent_errors import ledger_errors
+from node.services.fhir_search import bundle, parse_search
+
+router = fhir_router("Consent")
+
+
+def _view(link: LedgerLink) -> consent_fhir.ConsentView:
+    return consent_fhir.ConsentView(
+        link.cache, link.hospital_id, link.deployment.consent_registry, link.chain.chain_id
+    )
+
+
+@router.get("/Consent", name="search Consent")
+def search(request: Request, archive: ArchiveDep) -> Response:
+    """Search the grants of this node's linked patients (FHIR R4 search-type)."""
+    link = ledger_of(request.app.state)
+    parsed = parse_search(
+        request.query_params.multi_items(), consent_fhir.SEARCH_PARAMS, lenient=lenient(request)
+    )
+    with ledger_errors(), archive.engine.connect() as conn:
+        page = _view(link).search(conn, parsed)
+    base = fhir_base(request)
+    return FhirResponse(bundle(f"{base}/Consent", parsed, page, fhir_base=base))
+
+
+@router.get("/Consent/{resource_id}", name="read Consent")
+def read(resource_id: str, request: Request, archive: ArchiveDep) -> Response:
+    """One grant by its consentRef (FHIR R4 read)."""
+    link = ledger_of(request.app.state)
+    with ledger_errors(), archive.engine.connect() as conn:
+        return resource_response(_view(link).read(conn, resource_id))
+
+
+@router.post("/Consent", name="create Consent")
+async def create(request: Request, archive: ArchiveDep) -> Response:
+    """Relay a patient's signed grant (201) or revocation (200) to the ledger."""
+    link = ledger_of(request.app.state)
+    require_json_body(request)
+    body = await request.body()
+    resource, revoke = await to_thread.run_sync(_create, archive, link, body)
+    location = f"{fhir_base(request)}/Consent/{resource['id']}"
+    return resource_response(resource, 200 if revoke else 201, Location=location)
+
+
+def _create(archive: Archive, link: LedgerLink, body: bytes) -> tuple[dict[str, object], bool]:
+    patient_id, signed = consent_intake.parse_consent_post(
+        body, link.chain.chain_id, link.deployment.consent_registry
+    )
+    consent_intake.relay_consent(archive.engine, link, patient_id, signed)
+    with ledger_errors(), archive.engine.connect() as conn:
+        return _view(link).read(conn, _ref_hex(signed)), signed.request.revoke
+
+
+def _ref_hex(signed: SignedConsent) -> str:
+    q = signed.request
+    return consent_ref(q.patient, q.grantee, q.purpose, q.study_hash).hex()
