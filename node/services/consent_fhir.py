@@ -211,10 +211,16 @@ class ConsentView:
 
     def read(self, conn: Connection, consent_id: str) -> dict[str, Any]:
         """The Consent with this id (a consentRef in hex), or NotFoundError."""
+        self.index.require_fresh()
         wanted = consent_id.lower().removeprefix("0x")
-        for resource in self._all(conn, active_links(conn)):
-            if resource["id"] == wanted:
-                return resource
+        now = max(time.time(), float(self.index.synced_block_time))
+        for record in active_links(conn):
+            for state in self.index.states_of(record.address):
+                if state.ref.hex() == wanted:  # build only the one asked for
+                    return consent_resource(
+                        conn, state, record, member_name=self.member_name,
+                        registry=self.registry, chain_id=self.chain_id, now=now,
+                    )  # fmt: skip
         raise NotFoundError(f"no Consent with id {consent_id}")
 
     def search(self, conn: Connection, search: SearchRequest) -> Page:

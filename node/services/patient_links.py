@@ -27,11 +27,11 @@ from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_utils.address import is_address, to_checksum_address
 from eth_utils.crypto import keccak
-from sqlalchemy import Connection, Engine, Table, and_, insert, or_, select
+from sqlalchemy import Connection, Engine, Table, and_, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ledger.consent import SECP256K1_HALF_N
-from node.errors import ConflictError, InvalidRequestError
+from node.errors import ConflictError, InvalidRequestError, NotFoundError
 from node.storage.links_index import PatientLink
 
 LINK_T: Final = cast(Table, PatientLink.__table__)  # type: ignore[attr-defined]
@@ -254,6 +254,25 @@ def store_link(engine: Engine, link: SignedLink, mrn: str, issuer: str) -> datet
             )
     except IntegrityError:  # a concurrent submission of the same signature won the race
         raise LinkReplayError("this link signature was already used (replay refused)") from None
+    return now
+
+
+def unlink(engine: Engine, mrn: str, issuer: str, address: str) -> datetime:
+    """End the active link of this record to this address (the row and signature stay)."""
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(LINK_T)
+            .where(
+                LINK_T.c.mrn == mrn,
+                LINK_T.c.issuer == issuer,
+                LINK_T.c.address == to_checksum_address(address),
+                LINK_T.c.unlinked_at.is_(None),
+            )
+            .values(unlinked_at=now)
+        )
+    if not done.rowcount:
+        raise NotFoundError("this patient has no active link to that address")
     return now
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,40 @@ def test_break_glass_is_recorded_on_chain_and_flagged(setup: Setup) -> None:
         decisions.break_glass(setup.patient.address, STUDY_UID, 1, auditor)
     with pytest.raises(InvalidRequestError):
         decisions.break_glass(setup.patient.address, STUDY_UID, 99, clinician)
+
+
+def test_search_by_all_members_and_period_and_unlink_hides(setup: Setup) -> None:
+    node, link = setup.node, setup.node.ledger
+    expires = link.chain.block_timestamp() + 10 * 86400
+    grant = signed_grant(
+        link.consent, setup.patient, ALL_MEMBERS, Purpose.AI_TRAINING, expires_at=expires
+    )
+    created = node.post("Consent", consent_post(node, grant, setup.patient_id))
+    assert created.status_code == 201, created.text
+    consent = created.json()
+    assert consent["provision"]["purpose"][0]["code"] == "MLTRAINING"
+    assert consent["provision"]["actor"][0]["reference"]["identifier"]["value"] == "all-members"
+    assert "data" not in consent["provision"]  # all of the patient's studies
+    assert consent["provision"]["period"]["end"].startswith(
+        datetime.fromtimestamp(expires, UTC).date().isoformat()
+    )
+    expiry_day = datetime.fromtimestamp(expires, UTC).date()
+    for query, total in (
+        ("Consent?actor=all", 1),
+        (f"Consent?actor={HOSPITAL_B}", 0),  # a grant to all is not a grant naming B
+        (f"Consent?period={expiry_day.isoformat()}", 1),
+        (f"Consent?period=gt{expiry_day.isoformat()}", 0),
+        ("Consent?period=le2000-01-01", 0),  # in force from the granting block on
+        ("Consent?period=ge2100", 0),
+    ):
+        assert node.search(query)["total"] == total, query
+    bad = node.get("Consent?purpose=XYZ")
+    assert bad.status_code == 400 and "v3-ActReason" in bad.text
+
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "address", "valueString": setup.patient.address}]}  # fmt: skip
+    assert node.post(f"Patient/{setup.patient_id}/$unlink", body).status_code == 200
+    assert node.search(f"Consent?patient=Patient/{setup.patient_id}")["total"] == 0
+    assert node.get(f"Consent/{consent['id']}").status_code == 404
+    # The grant itself is the patient's and stays on chain.
+    assert link.consent.is_permitted(setup.patient.address, setup.b, Purpose.AI_TRAINING)

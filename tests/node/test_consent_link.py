@@ -148,3 +148,22 @@ def test_malformed_link_bodies_are_400(node: ConsentNode) -> None:
     short = json.loads(json.dumps(good))
     short["parameter"][5]["valueString"] = "0x1234"
     _refused(node, _post_link(node, patient_id, short), 400, "65 bytes")
+
+
+def test_unlink_ends_the_link_and_old_signatures_stay_spent(node: ConsentNode) -> None:
+    patient_id = node.add_patient(mrn=MRN, issuer=ISSUER)
+    patient: LocalAccount = Account.create()
+    first = sign_link(patient, HOSPITAL_A, MRN, ISSUER)
+    assert _post_link(node, patient_id, first.to_parameters()).status_code == 200
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "address", "valueString": patient.address}]}  # fmt: skip
+    done = node.post(f"Patient/{patient_id}/$unlink", body)
+    assert done.status_code == 200, done.text
+    assert node.post(f"Patient/{patient_id}/$unlink", body).status_code == 404
+    with node.engine.connect() as conn:
+        assert conn.execute(select(LINK_T.c.unlinked_at)).scalar_one() is not None
+    # The old signature cannot bring the link back; a fresh one from the patient can.
+    replay = _post_link(node, patient_id, first.to_parameters())
+    assert replay.status_code == 409 and "already used" in replay.text
+    fresh = sign_link(patient, HOSPITAL_A, MRN, ISSUER)
+    assert _post_link(node, patient_id, fresh.to_parameters()).status_code == 200

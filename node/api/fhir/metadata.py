@@ -89,7 +89,8 @@ def capability_statement(base_url: str) -> dict[str, Any]:
         if resource_type == "Patient":
             # The patient-signed link to a network identity (docs/consent.md).
             entry["operation"] = [
-                {"name": "link", "definition": "urn:pacsmesh:OperationDefinition/Patient-link"}
+                {"name": name, "definition": f"urn:pacsmesh:OperationDefinition/Patient-{name}"}
+                for name in ("link", "unlink")
             ]
         if resource_type == "DiagnosticReport":
             entry.update(

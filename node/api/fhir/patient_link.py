@@ -1,4 +1,5 @@
-"""`POST /fhir/Patient/{id}/$link`: tie a local patient to the network identity they hold.
+"""`POST /fhir/Patient/{id}/$link` ties a local patient to the network identity they hold;
+`POST /fhir/Patient/{id}/$unlink` ends such a link (Parameters with `address`).
 
 The body is the FHIR Parameters resource `pacsmesh patient sign-link` prints (hospital,
 mrnHash, address, issuedAt, nonce, signature as valueString each). The node checks the
@@ -13,6 +14,7 @@ import json
 from typing import Any
 
 from anyio import to_thread
+from eth_utils.address import is_address
 from fastapi import Request
 from fastapi.responses import Response
 
@@ -62,5 +64,50 @@ def _link(archive: Archive, link: LedgerLink, resource_id: str, body: bytes) -> 
             {"name": "patient", "valueReference": {"reference": f"Patient/{resource_id}"}},
             {"name": "address", "valueString": signed.patient},
             {"name": "linkedAt", "valueInstant": fhir_instant(linked_at)},
+        ],
+    }
+
+
+@router.post("/Patient/{resource_id}/$unlink", name="unlink Patient")
+async def unlink_patient(resource_id: str, request: Request, archive: ArchiveDep) -> Response:
+    """End the link of the patient to an address; its consents stop showing here."""
+    require_json_body(request)  # local bookkeeping: works while the chain is down too
+    body = await request.body()
+    result = await to_thread.run_sync(_unlink, archive, resource_id, body)
+    return FhirResponse(result)
+
+
+def _unlink(archive: Archive, resource_id: str, body: bytes) -> dict[str, Any]:
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        raise InvalidRequestError("the body is not JSON") from None
+    params = parsed.get("parameter") if isinstance(parsed, dict) else None
+    address = next(
+        (
+            p.get("valueString")
+            for p in params or []
+            if isinstance(p, dict) and p.get("name") == "address"
+        ),
+        None,
+    )
+    if (
+        not isinstance(parsed, dict)
+        or parsed.get("resourceType") != "Parameters"
+        or not isinstance(address, str)
+        or not is_address(address)
+    ):
+        raise InvalidRequestError("the body must be Parameters with an address (valueString)")
+    with archive.engine.connect() as conn:
+        record = patient_mrn(conn, resource_id)
+    if record is None:
+        raise NotFoundError(f"no Patient with id {resource_id}")
+    unlinked_at = patient_links.unlink(archive.engine, record[0], record[1], address)
+    return {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "patient", "valueReference": {"reference": f"Patient/{resource_id}"}},
+            {"name": "address", "valueString": address},
+            {"name": "unlinkedAt", "valueInstant": fhir_instant(unlinked_at)},
         ],
     }
