@@ -13,13 +13,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
 from ledger.consent import Purpose, study_hash
 from ledger.deploy import checksum
-from ledger.errors import ConfigurationError
 from node.auth.policy import Principal
 from node.errors import ForbiddenError, InvalidRequestError
 from node.services.consent_errors import ledger_errors
@@ -53,6 +53,16 @@ class Decision:
     tx_hash: str | None = None
 
 
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+def _address(value: str) -> str:
+    """An address in lower case; InvalidRequestError (naming no value) for anything else."""
+    if not isinstance(value, str) or not _ADDRESS.fullmatch(value):
+        raise InvalidRequestError("a member or patient is not an Ethereum address")
+    return value.lower()
+
+
 class ConsentDecisions:
     """Decisions from this node's consent cache and member account."""
 
@@ -67,11 +77,9 @@ class ConsentDecisions:
         study_uid: str | None,
     ) -> Decision:
         """May this member access this patient's study for this purpose now?"""
-        try:
-            requester, patient = checksum(requester_member), checksum(patient_address)
-        except ConfigurationError as exc:
-            raise InvalidRequestError(str(exc)) from None
-        if requester == self.link.account:
+        # On the request path: a syntax check and lower-case keys, no keccak checksumming.
+        requester, patient = _address(requester_member), _address(patient_address)
+        if requester == self.link.account.lower():
             return Decision(True, None, self.link.cache.synced_block, 0.0, local=True)
         with ledger_errors():
             answer = self.link.cache.decide(patient, requester, purpose, study_hash(study_uid))
@@ -93,10 +101,7 @@ class ConsentDecisions:
         except ValueError:
             known = ", ".join(f"{r.value} ({r.name.lower()})" for r in BreakGlassReason)
             raise InvalidRequestError(f"unknown break-glass reason code (known: {known})") from None
-        try:
-            patient = checksum(patient_address)
-        except ConfigurationError as exc:
-            raise InvalidRequestError(str(exc)) from None
+        patient = checksum(_address(patient_address))
         with ledger_errors():
             tx_hash = self.link.consent.record_break_glass(
                 patient, study_hash(study_uid), int(reason)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from eth_utils.crypto import keccak
+
 from ledger.chain import Chain
 from ledger.consent import (
     ALL_MEMBERS,
@@ -22,6 +24,22 @@ from ledger.consent import (
     consent_ref,
 )
 from ledger.deploy import Deployment, checksum
+
+
+def fast_consent_ref(patient: str, grantee: str, purpose: int, study: bytes) -> bytes:
+    """`ledger.consent.consent_ref` without eth-abi: abi.encode of four static words.
+
+    Every argument of keccak256(abi.encode(address, address, uint8, bytes32)) is one
+    left-padded 32-byte word (Solidity ABI spec, "Formal Specification of the Encoding"), so
+    the words are built directly: a tenth of the cost on the decision path.
+    """
+    words = (
+        bytes(12) + bytes.fromhex(patient[2:])
+        + bytes(12) + bytes.fromhex(grantee[2:])
+        + purpose.to_bytes(32, "big")
+        + study
+    )  # fmt: skip
+    return keccak(words)
 
 
 @dataclass(frozen=True)
@@ -152,6 +170,6 @@ class ConsentIndex(ConsentCache):
                     (ALL_MEMBERS, ALL_STUDIES),
                 ):
                     if self._in_force((patient_l, who, p, scope), at):
-                        ref = consent_ref(patient, who, p, scope)
+                        ref = fast_consent_ref(patient_l, who, p, scope)
                         break
             return RefDecision(ref is not None, ref, self._synced_block, age)
