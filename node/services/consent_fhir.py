@@ -49,6 +49,7 @@ PURPOSE_CODES: Final[dict[Purpose, tuple[str, str]]] = {
 _PURPOSE_BY_CODE: Final = {code: p for p, (code, _) in PURPOSE_CODES.items()}
 
 MemberName = Callable[[str], str]
+Record = tuple[str, str]  # (MRN, issuer) of a local patient
 
 
 def instant(seconds: int) -> str:
@@ -209,12 +210,15 @@ class ConsentView:
                 )
         return out
 
-    def read(self, conn: Connection, consent_id: str) -> dict[str, Any]:
-        """The Consent with this id (a consentRef in hex), or NotFoundError."""
+    def read(self, conn: Connection, consent_id: str, only: Record | None = None) -> dict[str, Any]:
+        """The Consent with this id (a consentRef in hex), or NotFoundError.
+
+        `only` limits the answer to one patient record (a patient's own compartment).
+        """
         self.index.require_fresh()
         wanted = consent_id.lower().removeprefix("0x")
         now = max(time.time(), float(self.index.synced_block_time))
-        for record in active_links(conn):
+        for record in _only(active_links(conn), only):
             for state in self.index.states_of(record.address):
                 if state.ref.hex() == wanted:  # build only the one asked for
                     return consent_resource(
@@ -223,9 +227,9 @@ class ConsentView:
                     )  # fmt: skip
         raise NotFoundError(f"no Consent with id {consent_id}")
 
-    def search(self, conn: Connection, search: SearchRequest) -> Page:
-        """Consents matching the search, one page."""
-        links = active_links(conn)
+    def search(self, conn: Connection, search: SearchRequest, only: Record | None = None) -> Page:
+        """Consents matching the search, one page (of one patient record, with `only`)."""
+        links = _only(active_links(conn), only)
         for values in split_or(search.values("patient")):
             records: set[tuple[str, str]] = set()
             for v in values:
@@ -248,6 +252,12 @@ class ConsentView:
             resources = [r for r in resources if any(_period_matches(r, v) for v in values)]
         page = resources[search.offset : search.offset + search.count]
         return Page(len(resources), page)
+
+
+def _only(links: list[LinkedPatient], only: Record | None) -> list[LinkedPatient]:
+    if only is None:
+        return links
+    return [lk for lk in links if (lk.mrn, lk.issuer) == only]
 
 
 def _purpose_code(value: str) -> str:

@@ -28,7 +28,7 @@ from ledger.consent import (
     SignedConsent,
     recover_signer,
 )
-from node.errors import ConflictError, InvalidRequestError, NotFoundError
+from node.errors import ConflictError, ForbiddenError, InvalidRequestError, NotFoundError
 from node.services.consent_errors import ledger_errors
 from node.services.consent_index import GrantState
 from node.services.fhir_patients import patient_mrn
@@ -196,13 +196,23 @@ def _int(value: Any, name: str) -> int:
 
 
 def relay_consent(
-    engine: Engine, link: LedgerLink, patient_id: str, signed: SignedConsent
+    engine: Engine,
+    link: LedgerLink,
+    patient_id: str,
+    signed: SignedConsent,
+    only: tuple[str, str] | None = None,
 ) -> GrantState:
-    """Verify a patient's signed grant or revocation and relay it; the grant's new state."""
+    """Verify a patient's signed grant or revocation and relay it; the grant's new state.
+
+    `only` is the one record the caller may act for (a patient token's own compartment).
+    """
     q = signed.request
     with engine.connect() as conn:
         record = patient_mrn(conn, patient_id)
-        if record is None:
+        if record is None or (only is not None and record != only):
+            # A patient acting for another record learns nothing about whether it exists.
+            if only is not None:
+                raise ForbiddenError("a patient may act only for their own record")
             raise NotFoundError(f"no Patient with id {patient_id}")
         linked = linked_record(conn, q.patient)
     if linked is None or (linked.mrn, linked.issuer) != record:

@@ -25,6 +25,8 @@ from ledger.chain import connect
 from ledger.consent import ConsentClient, Purpose, SignedConsent, study_hash
 from ledger.deploy import Deployment, MemberInfo, deploy_suite, save_deployment
 from node.app import create_app
+from node.auth.middleware import BearerAuthMiddleware, RouteRule
+from node.auth.tokens import tokens_for
 from node.ledger_link import LedgerLink
 from node.services.archive import Archive
 from node.services.consent_intake import consent_body
@@ -94,9 +96,15 @@ class ConsentNode(FhirNode):
 
 @contextmanager
 def serve_consent_node(
-    data_dir: Path, consortium: Consortium | None = None, **overrides: Any
+    data_dir: Path,
+    consortium: Consortium | None = None,
+    rules: tuple[RouteRule, ...] | None = None,
+    **overrides: Any,
 ) -> Iterator[ConsentNode]:
-    """Run a node app on a free loopback port, connected to the consortium's chain if given."""
+    """Run a node app on a free loopback port, connected to the consortium's chain if given.
+
+    With `rules`, the node's real bearer-token middleware guards it with that route table.
+    """
     port = free_port()
     values: dict[str, Any] = {
         "data_dir": data_dir,
@@ -114,6 +122,10 @@ def serve_consent_node(
     settings = NodeSettings(**values)
     archive = Archive.open(settings)
     app = create_app(settings, archive)
+    if rules is not None:
+        app.add_middleware(
+            BearerAuthMiddleware, tokens=lambda: tokens_for(settings, app.state), rules=rules
+        )
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )

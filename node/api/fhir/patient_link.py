@@ -19,9 +19,11 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from node.api.deps import ArchiveDep
+from node.api.fhir.consent import patient_compartment
 from node.api.fhir.interactions import fhir_router
 from node.api.fhir.outcome import FhirResponse, require_json_body
-from node.errors import InvalidRequestError, NotFoundError
+from node.auth.policy import Principal
+from node.errors import ForbiddenError, InvalidRequestError, NotFoundError
 from node.ledger_link import LedgerLink, ledger_of
 from node.services import patient_links
 from node.services.archive import Archive
@@ -38,11 +40,18 @@ async def link_patient(resource_id: str, request: Request, archive: ArchiveDep) 
     link = ledger_of(request.app.state)
     require_json_body(request)
     body = await request.body()
-    result = await to_thread.run_sync(_link, archive, link, resource_id, body)
+    only = patient_compartment(request)
+    result = await to_thread.run_sync(_link, archive, link, resource_id, body, only)
     return FhirResponse(result)
 
 
-def _link(archive: Archive, link: LedgerLink, resource_id: str, body: bytes) -> dict[str, Any]:
+def _link(
+    archive: Archive,
+    link: LedgerLink,
+    resource_id: str,
+    body: bytes,
+    only: tuple[str, str] | None,
+) -> dict[str, Any]:
     try:
         parsed = json.loads(body)
     except ValueError:
@@ -50,6 +59,8 @@ def _link(archive: Archive, link: LedgerLink, resource_id: str, body: bytes) -> 
     signed = patient_links.parse_parameters(parsed)
     with archive.engine.connect() as conn:
         record = patient_mrn(conn, resource_id)
+    if only is not None and record != only:
+        raise ForbiddenError("a patient may link only their own record")
     if record is None:
         raise NotFoundError(f"no Patient with id {resource_id}")
     mrn, issuer = record
@@ -71,6 +82,9 @@ def _link(archive: Archive, link: LedgerLink, resource_id: str, body: bytes) -> 
 @router.post("/Patient/{resource_id}/$unlink", name="unlink Patient")
 async def unlink_patient(resource_id: str, request: Request, archive: ArchiveDep) -> Response:
     """End the link of the patient to an address; its consents stop showing here."""
+    principal = getattr(request.state, "principal", None)
+    if isinstance(principal, Principal) and principal.role != "admin":
+        raise ForbiddenError("unlinking a patient's identity is reserved to administrators")
     require_json_body(request)  # local bookkeeping: works while the chain is down too
     body = await request.body()
     result = await to_thread.run_sync(_unlink, archive, resource_id, body)
