@@ -28,7 +28,7 @@ from node.services.fhir_search import (
     split_or,
     token,
 )
-from node.services.patient_links import LinkedPatient, active_links
+from node.services.patient_links import LinkedPatient, active_links, linked_record
 from node.storage.index import Study
 
 STUDY_T: Final = cast(Table, Study.__table__)  # type: ignore[attr-defined]
@@ -226,6 +226,17 @@ class ConsentView:
                         registry=self.registry, chain_id=self.chain_id, now=now,
                     )  # fmt: skip
         raise NotFoundError(f"no Consent with id {consent_id}")
+
+    def resource_for(self, conn: Connection, state: GrantState) -> dict[str, Any]:
+        """The Consent for one grant state of a linked address (e.g. one just relayed)."""
+        record = linked_record(conn, state.grant.patient)
+        if record is None:
+            raise NotFoundError("the patient of this grant is not linked at this node")
+        now = max(time.time(), float(self.index.synced_block_time))
+        return consent_resource(
+            conn, state, record, member_name=self.member_name,
+            registry=self.registry, chain_id=self.chain_id, now=now,
+        )  # fmt: skip
 
     def search(self, conn: Connection, search: SearchRequest, only: Record | None = None) -> Page:
         """Consents matching the search, one page (of one patient record, with `only`)."""

@@ -24,6 +24,7 @@ from ledger.consent import (
     DOMAIN_NAME,
     DOMAIN_VERSION,
     ConsentRequest,
+    Grant,
     Purpose,
     SignedConsent,
     recover_signer,
@@ -235,9 +236,23 @@ def relay_consent(
                 else "the signature's nonce is ahead of the patient's next one"
             )
         link.consent.relay(signed)
-        link.cache.sync()  # read-your-writes: the node's own view includes this change now
-    for state in link.cache.states_of(q.patient):
-        g = state.grant
-        if (g.grantee, g.purpose, g.study_hash) == (q.grantee, q.purpose, q.study_hash):
-            return state
-    raise NotFoundError("the change was relayed but is not yet visible in the consent cache")
+        link.cache.sync()  # read-your-writes when the chain needs no confirmations
+        cached = next(
+            (
+                st
+                for st in link.cache.states_of(q.patient)
+                if (st.grant.grantee, st.grant.purpose, st.grant.study_hash)
+                == (q.grantee, q.purpose, q.study_hash)
+            ),
+            None,
+        )
+        if q.revoke:
+            window = cached.grant if cached is not None else None
+            return GrantState(
+                window or Grant(q.patient, q.grantee, q.purpose, q.study_hash, 0, 0), True
+            )
+        # The chain's own record: with a confirmation depth the cache may not show it yet.
+        stored = link.consent.grant_of(q.patient, q.grantee, q.purpose, q.study_hash)
+    if stored is None:
+        raise NotFoundError("the grant was relayed but the chain does not show it")
+    return GrantState(stored, False)

@@ -21,7 +21,7 @@ from node.errors import ForbiddenError, InvalidRequestError
 from node.services.consent_decisions import ConsentDecisions
 from node.services.consent_intake import consent_body
 from node.services.patient_links import sign_link
-from tests.ledger.conftest import Anvil
+from tests.ledger.conftest import Anvil, rpc
 from tests.node.consent_helpers import (
     HOSPITAL_A,
     HOSPITAL_B,
@@ -248,3 +248,29 @@ def test_search_by_all_members_and_period_and_unlink_hides(setup: Setup) -> None
     assert node.get(f"Consent/{consent['id']}").status_code == 404
     # The grant itself is the patient's and stays on chain.
     assert link.consent.is_permitted(setup.patient.address, setup.b, Purpose.AI_TRAINING)
+
+
+@pytest.mark.integration
+def test_with_a_confirmation_depth_grants_count_once_confirmed(
+    anvil_chain: Anvil, tmp_path: Path
+) -> None:
+    consortium = make_consortium(tmp_path / "node" / "ledger", anvil_chain)
+    with serve_consent_node(tmp_path / "node", consortium, ledger_confirmations=2) as node:
+        patient_id = node.add_patient(mrn=MRN, issuer=ISSUER)
+        patient: LocalAccount = Account.create()
+        link = sign_link(patient, HOSPITAL_A, MRN, ISSUER)
+        assert node.post(f"Patient/{patient_id}/$link", link.to_parameters()).status_code == 200
+        ledger = node.ledger
+        b = consortium.member_b.address
+        grant = signed_grant(ledger.consent, patient, b, Purpose.TREATMENT)
+        reply = node.post("Consent", consent_post(node, grant, patient_id))
+        assert reply.status_code == 201, reply.text  # answered from the chain's own record
+        assert reply.json()["status"] == "active"
+        decisions = ConsentDecisions(ledger)
+        assert not decisions.decide(b, patient.address, Purpose.TREATMENT, None).permitted
+        assert node.get(f"Consent/{reply.json()['id']}").status_code == 404  # not confirmed
+        for _ in range(2):
+            rpc(anvil_chain.url, "evm_mine")
+        ledger.cache.sync()
+        assert decisions.decide(b, patient.address, Purpose.TREATMENT, None).permitted
+        assert node.get(f"Consent/{reply.json()['id']}").json()["status"] == "active"

@@ -13,7 +13,6 @@ from anyio import to_thread
 from fastapi import Request
 from fastapi.responses import Response
 
-from ledger.consent import SignedConsent, consent_ref
 from node.api.deps import ArchiveDep
 from node.api.fhir.interactions import fhir_router
 from node.api.fhir.outcome import (
@@ -106,11 +105,6 @@ def _create(
     patient_id, signed = consent_intake.parse_consent_post(
         body, link.chain.chain_id, link.deployment.consent_registry
     )
-    consent_intake.relay_consent(archive.engine, link, patient_id, signed, only)
+    state = consent_intake.relay_consent(archive.engine, link, patient_id, signed, only)
     with ledger_errors(), archive.engine.connect() as conn:
-        return _view(link).read(conn, _ref_hex(signed)), signed.request.revoke
-
-
-def _ref_hex(signed: SignedConsent) -> str:
-    q = signed.request
-    return consent_ref(q.patient, q.grantee, q.purpose, q.study_hash).hex()
+        return _view(link).resource_for(conn, state), signed.request.revoke
