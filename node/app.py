@@ -17,6 +17,7 @@ from node.api.auth import build_router as build_auth_router
 from node.api.dicomweb.router import build_router as build_dicomweb_router
 from node.api.fhir.router import build_router as build_fhir_router
 from node.api.gateway import router as gateway_router
+from node.dimse.server import start_dimse
 from node.errors import NodeError
 from node.hl7.runtime import start_hl7
 from node.ledger_link import close_ledger_link, open_ledger_link
@@ -38,10 +39,17 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
         gc.collect()
         gc.freeze()
         hl7 = start_hl7(settings, app.state.archive.engine)
-        open_ledger_link(app, settings)  # app.state.ledger (+ ledger_chain, ledger_deployment)
+        dimse = None
         try:
+            open_ledger_link(app, settings)  # app.state.ledger (+ ledger_chain, ledger_deployment)
+            if settings.dimse_port:
+                # Started after the archive is open and stopped before it closes: the DIMSE
+                # handlers use it from their own threads.
+                dimse = start_dimse(settings, app.state.archive)
             yield
         finally:
+            if dimse is not None:
+                dimse.stop()
             close_ledger_link(app)
             hl7.stop()
             if owned:
