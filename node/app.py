@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ledger.anchor import AuditAnchorClient
 from node.api.admin import build_router as build_admin_router
 from node.api.audit_http import AuditMiddleware
 from node.api.auth import build_router as build_auth_router
@@ -21,8 +22,9 @@ from node.api.gateway import router as gateway_router
 from node.dimse.server import start_dimse
 from node.errors import NodeError
 from node.hl7.runtime import start_hl7
+from node.ledger_link import close_ledger_link, open_ledger_link
 from node.services.archive import Archive
-from node.services.audit import NodeAudit
+from node.services.audit import NodeAudit, start_anchoring
 from node.settings import NodeSettings
 
 log = logging.getLogger("pacsmesh.node")
@@ -42,7 +44,18 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
         gc.freeze()
         hl7 = start_hl7(settings, app.state.archive.engine, app.state.audit)
         dimse = None
+        anchoring = None
         try:
+            open_ledger_link(app, settings)  # app.state.ledger (+ ledger_chain, ledger_deployment)
+            if app.state.ledger is not None:
+                # The audit log's roots go on chain in the background; an outage only delays
+                # them (the events are durable in the log already).
+                anchoring = start_anchoring(
+                    app.state.audit.log,
+                    AuditAnchorClient(app.state.ledger.chain, app.state.ledger.deployment),
+                    settings.audit_anchor_every_events,
+                    settings.audit_anchor_every_seconds,
+                )
             if settings.dimse_port:
                 # Started after the archive is open and stopped before it closes: the DIMSE
                 # handlers use it from their own threads.
@@ -51,6 +64,9 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
         finally:
             if dimse is not None:
                 dimse.stop()
+            if anchoring is not None:
+                anchoring.stop()  # anchors what is pending, while the chain is still open
+            close_ledger_link(app)
             hl7.stop()
             # Last: every event of a request or message still in flight is committed first.
             app.state.audit.close()

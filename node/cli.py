@@ -170,6 +170,7 @@ def _mount_roles() -> None:
     from ledger.audit_cli import audit_app
     from ledger.cli import consent_app, consortium_app, ledger_app, patient_app
     from node.cli_capture import capture
+    from node.cli_patient_link import register as register_sign_link
 
     for group, name in (
         (ledger_app, "ledger"),
@@ -181,6 +182,7 @@ def _mount_roles() -> None:
     ):
         app.add_typer(group, name=name)
     node_app.command("capture")(capture)
+    register_sign_link(patient_app)  # pacsmesh patient sign-link (docs/consent.md)
 
 
 @app.command("demo")

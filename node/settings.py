@@ -208,6 +208,47 @@ class NodeSettings(BaseSettings):
         toml = _TomlFileSource(settings_cls, Path(config_file) if config_file else None)
         return (init_settings, env_settings, toml)
 
+    # --- Ledger link and patient consent (issue #6, consent-node helper; docs/consent.md) ---
+    # The node opens the chain only when a deployment file exists in ledger_data_dir; without
+    # one it runs, and cross-hospital consent answers 503. The embedded chain (ledger_rpc
+    # unset) is owned by ONE process: a node serving it locks it, so `pacsmesh consent ...`
+    # and a second node must then use a real chain (anvil, Besu) through an RPC URL.
+    ledger_data_dir: Path | None = Field(
+        default=None,
+        description="deployment.json, node key, embedded chain; default DATA_DIR/ledger",
+    )
+    ledger_rpc: str | None = Field(
+        default=None, description="JSON-RPC URL of the chain; unset: the embedded chain"
+    )
+    ledger_key_file: Path | None = Field(
+        default=None, description="the node member key; default LEDGER_DATA_DIR/keys/node.json"
+    )
+    ledger_key_passphrase: str | None = Field(
+        default=None,
+        description="'env:VAR' or 'file:PATH' holding the member key's passphrase; unset: "
+        "PACSMESH_NODE_KEY_PASSWORD, else (development only) keys/node.password",
+    )
+    ledger_confirmations: int = Field(default=0, ge=0, description="blocks behind the head")
+    ledger_consent_refresh_seconds: float = Field(
+        default=2.0, gt=0, description="how often the consent cache syncs from contract events"
+    )
+    ledger_consent_max_age_seconds: float = Field(
+        default=30.0, gt=0, description="consent decisions are refused (503) past this staleness"
+    )
+    audit_anchor_every_events: int = Field(
+        default=1000, gt=0, description="anchor the audit log's root after this many events"
+    )
+    audit_anchor_every_seconds: float = Field(
+        default=60.0, gt=0, description="... or after this long, whichever comes first"
+    )
+
+    @property
+    def ledger_dir(self) -> Path:
+        """Where the ledger side of this node lives (deployment file, member key, chain)."""
+        return self.ledger_data_dir or self.data_dir / "ledger"
+
+    # --- end of the ledger block ---
+
 
 def load_settings(**flags: Any) -> NodeSettings:
     """Build settings from flags that were given (None means 'not given')."""

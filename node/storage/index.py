@@ -111,4 +111,4 @@ class NodeMeta(SQLModel, table=True):
 
 # The workflow tables and local user accounts share this metadata: importing the index
 # registers every table.
-from node.storage import users_index, workflow_index  # noqa: E402, F401
+from node.storage import links_index, users_index, workflow_index  # noqa: E402, F401

@@ -15,6 +15,7 @@ from node.api.fhir.interactions import fhir_router
 from node.api.fhir.outcome import FhirResponse
 from node.services import (
     audit_search,
+    consent_fhir,
     fhir_imaging,
     fhir_observations,
     fhir_orders,
@@ -56,6 +57,9 @@ _PARAM_DOCS: Final[dict[str, tuple[str, str]]] = {
     "outcome": ("token", "0 | 4 | 8 | 12"),
     "type": ("token", "DICOM CID 400 event code, optionally DCM system|code"),
     "subtype": ("token", "restful interaction: read, search-type, create, update, delete"),
+    "actor": ("reference", "the grantee member: account, hospital id, `all`, or system|value"),
+    "purpose": ("token", "v3-ActReason purpose: TREAT, HRESCH or MLTRAINING"),
+    "period": ("date", "the grant's validity window (eq overlaps the date; ge/gt/le/lt)"),
 }
 # Where a parameter means something else on one type.
 _TYPE_PARAM_DOCS: Final[dict[tuple[str, str], tuple[str, str]]] = {
@@ -81,6 +85,7 @@ _TYPES: Final[list[tuple[str, frozenset[str], list[dict[str, str]]]]] = [
     ),
     ("Observation", fhir_observations.SEARCH_PARAMS, _READ_SEARCH),
     ("AuditEvent", audit_search.SEARCH_PARAMS, _READ_SEARCH),
+    ("Consent", consent_fhir.SEARCH_PARAMS, [*_READ_SEARCH, {"code": "create"}]),
 ]
 
 
@@ -98,6 +103,12 @@ def capability_statement(base_url: str) -> dict[str, Any]:
                 for doc in [_TYPE_PARAM_DOCS.get((resource_type, p), _PARAM_DOCS[p])]
             ],
         }
+        if resource_type == "Patient":
+            # The patient-signed link to a network identity (docs/consent.md).
+            entry["operation"] = [
+                {"name": name, "definition": f"urn:pacsmesh:OperationDefinition/Patient-{name}"}
+                for name in ("link", "unlink")
+            ]
         if resource_type == "DiagnosticReport":
             entry.update(
                 versioning="versioned-update",

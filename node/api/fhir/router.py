@@ -9,11 +9,13 @@ from starlette.routing import Match
 
 from node.api.fhir import (
     audit_event,
+    consent,
     diagnostic_report,
     imaging_study,
     metadata,
     observation,
     patient,
+    patient_link,
     service_request,
 )
 from node.api.fhir.outcome import FhirRoute, outcome
@@ -32,6 +34,8 @@ def build_router() -> APIRouter:
         diagnostic_report,
         observation,
         audit_event,
+        consent,  # issue #6: ledger consent (docs/consent.md)
+        patient_link,
     )
     routes = [r for m in modules for r in m.router.routes if isinstance(r, APIRoute)]
     for module in modules:
