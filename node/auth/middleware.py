@@ -80,7 +80,7 @@ _ADMIN = frozenset({"admin"})
 #   or a device's `system/ImagingStudy.write` service credential).
 # - FHIR: radiologists (and admins) write reports; the CapabilityStatement is public.
 #   AuditEvent: auditors, admins, and a patient for their own events; Consent: staff and
-#   auditors read, a patient reads and signs their own.
+#   auditors read, a patient (or an admin) submits one the patient signed.
 ROUTE_RULES: tuple[RouteRule, ...] = (
     RouteRule("/dicom-web/", READ_METHODS, ("user/ImagingStudy.read",)),
     RouteRule("/dicom-web/", frozenset({"POST"}), ("user/ImagingStudy.write",)),
@@ -93,11 +93,14 @@ ROUTE_RULES: tuple[RouteRule, ...] = (
     RouteRule(
         "/fhir/DiagnosticReport", frozenset({"POST", "PUT"}), ("user/DiagnosticReport.write",)
     ),
+    # Patient/{id}/$link (a patient-signed link to their ledger address): administrators.
+    RouteRule("/fhir/Patient", frozenset({"POST"}), ("user/Patient.write",)),
     RouteRule("/fhir/Endpoint", READ_METHODS, ("user/Endpoint.read",)),
     RouteRule(
         "/fhir/AuditEvent", READ_METHODS, ("user/AuditEvent.read", "patient/AuditEvent.read")
     ),
-    RouteRule("/fhir/Consent", READ_METHODS, ("user/Consent.read", "patient/Consent.read")),
+    # Patients join the Consent reads once that search filters to their own consents.
+    RouteRule("/fhir/Consent", READ_METHODS, ("user/Consent.read",)),
     RouteRule(
         "/fhir/Consent", frozenset({"POST"}), ("user/Consent.write", "patient/Consent.write")
     ),

@@ -73,8 +73,9 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
     # Other helpers' routes of this round (audit-wire, consent-node), once merged:
     ("GET", "/fhir/AuditEvent"): frozenset({"auditor", "admin", "patient"}),
     ("GET", "/fhir/AuditEvent/{}"): frozenset({"auditor", "admin", "patient"}),
-    ("GET", "/fhir/Consent"): _CLINICAL_READERS | {"auditor"},
-    ("GET", "/fhir/Consent/{}"): _CLINICAL_READERS | {"auditor"},
+    ("GET", "/fhir/Consent"): STAFF | {"auditor"},
+    ("GET", "/fhir/Consent/{}"): STAFF | {"auditor"},
+    ("POST", "/fhir/Patient/{}/$link"): frozenset({"admin"}),
     ("POST", "/fhir/Consent"): frozenset({"patient", "admin"}),
     # Any other FHIR path or interaction: nobody gets past authorization.
     **{(m, "/fhir/{}"): NOBODY for m in ("GET", "POST", "PUT", "PATCH", "DELETE")},
