@@ -24,5 +24,5 @@ def test_demo_loads_samples_and_prints_urls_that_work(tmp_path: Path) -> None:
     assert f"http://127.0.0.1:{port}/dicom-web/studies" in result.stdout
     # Default deny holds for the demo too: it loads and prints with a token of its own.
     assert "export TOKEN=ey" in result.stdout
-    assert 'Authorization: Bearer $TOKEN' in result.stdout
+    assert "Authorization: Bearer $TOKEN" in result.stdout
     assert not plaintext_findings(tmp_path / "demo", [b"DICM"])
