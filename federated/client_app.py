@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from federated.data import ChestXrayDataset
+from federated.packing import LAYOUT_CONFIG_KEY, Layout, PackingError
 from federated.run_config import NodeSettings, RunSettings
 from federated.strategies.base import SITE_RECORD
 from federated.strategies.fedbn import FEDBN_CONFIG_KEY, batchnorm_keys
@@ -62,17 +63,34 @@ def _loader(dataset: Dataset[Any], run: RunSettings, shuffle: bool, round_: int)
     return DataLoader(dataset, batch_size=run.batch_size, shuffle=shuffle, generator=generator)
 
 
-def _model_with(run: RunSettings, keys_values: Sequence[tuple[str, np.ndarray]]) -> nn.Module:
+def _receive(
+    run: RunSettings,
+    packed: dict[str, np.ndarray] | Sequence[np.ndarray],
+    config: dict[str, Any],
+) -> tuple[nn.Module, Layout, list[tuple[str, np.ndarray]]]:
+    """Build the run's model, unpack the global weights into it; return the received tensors.
+
+    ``packed`` is the message's buffers by wire key, or in layout order (a SecAgg+ message's
+    legacy parameter list).
+
+    The layout comes from this site's own model; the server's digest in the config must match,
+    or the weights would land in the wrong tensors (a site on another pacsmesh version).
+    """
     from federated.task import build_model
 
     model = build_model(run.model, run.image_size)
     state = model.state_dict()
-    loaded = {k: torch.from_numpy(np.asarray(v).copy()).to(state[k].dtype) for k, v in keys_values}
-    missing = set(state) - set(loaded)
-    if missing:
-        raise ValueError(f"global model lacks {len(missing)} tensors, e.g. {sorted(missing)[0]}")
-    model.load_state_dict(loaded, strict=True)
-    return model
+    layout = Layout.of((k, v.detach().numpy()) for k, v in state.items())
+    sent = config.get(LAYOUT_CONFIG_KEY)
+    if sent != layout.digest():
+        raise PackingError(
+            f"the server's model layout ({str(sent)[:12]}) differs from this site's "
+            f"{run.model} at {run.image_size} px ({layout.digest()[:12]})"
+        )
+    received = layout.unpack(packed) if isinstance(packed, dict) else layout.unpack_list(packed)
+    # load_state_dict copies into the model's own tensors, so views of the buffers suffice.
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in received}, strict=True)
+    return model, layout, received
 
 
 def _restore_local_bn(model: nn.Module, state_dir: Path) -> None:
@@ -112,19 +130,18 @@ def train(msg: Message, context: Context) -> Message:
     secagg_in = fitins_arrays(msg)
     config: dict[str, Any]
     if secagg_in is not None:
-        global_list, secagg_config = secagg_in
+        buffers, secagg_config = secagg_in
         config = dict(secagg_config)
-        keys = _state_keys(run)
-        received = list(zip(keys, global_list, strict=True))
+        model, layout, received = _receive(run, buffers, config)
     else:
         arrays = msg.content.array_records["arrays"]
         config = dict(msg.content.config_records["config"].items())
-        received = [(k, v.numpy()) for k, v in arrays.items()]
-        keys = [k for k, _ in received]
+        packed = {k: v.numpy() for k, v in arrays.items()}
+        model, layout, received = _receive(run, packed, config)
+    keys = layout.names
     server_round = int(config.get("server-round", 0))
     fedbn = bool(config.get(FEDBN_CONFIG_KEY, False))
 
-    model = _model_with(run, received)
     if fedbn:
         _restore_local_bn(model, node.state_dir)
     global_params = [p.detach().clone() for p in model.parameters()]
@@ -166,15 +183,16 @@ def train(msg: Message, context: Context) -> Message:
             "dp-norm-after-clip": report.norm_after_clip,
         }
     if secagg_in is not None:
+        new_buffers = layout.buffer_list(layout.pack(new))
+        old_buffers = layout.buffer_list(layout.pack(old))
         update = [
-            n.astype(np.float64) - o.astype(np.float64) for n, o in zip(new, old, strict=True)
+            n.astype(np.float64) - o.astype(np.float64)
+            for n, o in zip(new_buffers, old_buffers, strict=True)
         ]
         return fitres_reply(msg, update, len(dataset), {"site-id": node.site_id} | metrics)
     content = RecordDict(
         {
-            "arrays": ArrayRecord(
-                {k: Array(np.ascontiguousarray(v)) for k, v in zip(keys, new, strict=True)}
-            ),
+            "arrays": ArrayRecord({k: Array(v) for k, v in layout.pack(new).items()}),
             "metrics": MetricRecord(metrics),
             SITE_RECORD: _site_record(node),
         }
@@ -193,8 +211,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     node = NodeSettings.from_node_config(context.node_config, context.node_id)
     _apply_threads(node)
     arrays = msg.content.array_records["arrays"]
-    config = msg.content.config_records["config"]
-    model = _model_with(run, [(k, v.numpy()) for k, v in arrays.items()])
+    config = dict(msg.content.config_records["config"].items())
+    model, _, _ = _receive(run, {k: v.numpy() for k, v in arrays.items()}, config)
     if bool(config.get(FEDBN_CONFIG_KEY, False)):
         _restore_local_bn(model, node.state_dir)
     dataset = load_split(node, run, "val")
@@ -216,9 +234,3 @@ def evaluate(msg: Message, context: Context) -> Message:
     )
     content = RecordDict({"metrics": metrics, SITE_RECORD: _site_record(node)})
     return Message(content=content, reply_to=msg)
-
-
-def _state_keys(run: RunSettings) -> list[str]:
-    from federated.task import build_model
-
-    return list(build_model(run.model, run.image_size).state_dict().keys())

@@ -63,6 +63,11 @@ def _preload() -> None:
     import federated.metrics
     import federated.task  # noqa: F401
 
+    # ``build_model`` imports MONAI lazily (the small CNN never needs it); in a forked worker
+    # that import (1-2 s) would be paid again by every DenseNet-121 message, twice a round.
+    with contextlib.suppress(ImportError):
+        import monai.networks.nets.densenet  # noqa: F401
+
 
 def _poll_for_token(address: str, write_fd: int) -> None:
     """In a forked child: wait for a pending ClientApp task, claim it, write its token."""

@@ -6,6 +6,10 @@ own validation split, then write the run-log line (model SHA-256, participants, 
 checkpoint. A restarted ServerApp with the same run dir resumes after the last checkpoint.
 Sites that fail or vanish mid-round are left out of that round's aggregate; the round fails only
 when fewer than ``min-train-nodes`` sites reply.
+
+The server keeps, hashes and checkpoints the model by tensor name; messages carry it packed,
+one array per dtype (``federated.packing``), because Flower's cost per message grows with the
+number of arrays.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from federated.checkpoints import Checkpoint, CheckpointStore
+from federated.packing import LAYOUT_CONFIG_KEY, Layout
 from federated.polling import PromptGrid
 from federated.run_config import RunSettings
 from federated.run_log import RoundRecord, RunLog
@@ -79,6 +84,24 @@ def initial_arrays(run: RunSettings) -> ArrayRecord:
     )
 
 
+def model_layout(arrays: ArrayRecord) -> Layout:
+    """How the global model is packed for the wire (see ``federated.packing``)."""
+    return Layout.of((k, v.numpy()) for k, v in arrays.items())
+
+
+def pack_record(layout: Layout, arrays: ArrayRecord) -> ArrayRecord:
+    """The model as one ``Array`` per dtype: what train and evaluate messages carry."""
+    packed = layout.pack({k: v.numpy() for k, v in arrays.items()})
+    return ArrayRecord({k: Array(v) for k, v in packed.items()})
+
+
+def unpack_record(layout: Layout, packed: ArrayRecord) -> ArrayRecord:
+    """The model by tensor name, as the server keeps, hashes and checkpoints it."""
+    named = layout.unpack({k: v.numpy() for k, v in packed.items()})
+    # Not np.ascontiguousarray: it turns 0-d tensors (BN counters) into shape (1,).
+    return ArrayRecord({k: Array(v) for k, v in named})
+
+
 def arrays_hash(arrays: ArrayRecord) -> str:
     """SHA-256 of the global model, as ``task.model_hash`` defines it (state-dict order)."""
     from federated.task import model_hash
@@ -110,12 +133,21 @@ def run_federation(
         run_log.truncate_after(start)
 
     strategy = build_strategy(run)
+    layout = model_layout(arrays)
+    # The packed form of ``arrays``, kept while it is valid: the aggregate arrives packed, and
+    # re-packing it for the evaluate message and the next round would copy the model twice.
+    packed: ArrayRecord | None = None
     site_names: dict[int, str] = {}
     result = FederationResult(run_id=run_id, resumed_from=start, final_arrays=arrays)
     for server_round in range(start + 1, run.num_server_rounds + 1):
         started = time.perf_counter()
         train_config = ConfigRecord(
-            {"local-epochs": run.local_epochs, "lr": run.lr, "server-round": server_round}
+            {
+                "local-epochs": run.local_epochs,
+                "lr": run.lr,
+                "server-round": server_round,
+                LAYOUT_CONFIG_KEY: layout.digest(),
+            }
         )
         if run.secagg:
             node_ids = _sample(grid, run)
@@ -128,6 +160,7 @@ def run_federation(
                 context,
                 server_round,
                 arrays,
+                layout,
                 train_config,
                 node_ids,
                 num_shares=min(run.secagg_num_shares, len(node_ids)),
@@ -137,11 +170,15 @@ def run_federation(
                 max_weight=run.secagg_max_weight,
                 timeout=run.round_timeout,
             )
+            new_packed = None
         else:
-            strategy.remember_reference(arrays)
-            messages = strategy.configure_train(server_round, arrays, train_config, grid)
+            if packed is None:
+                packed = pack_record(layout, arrays)
+            strategy.remember_reference(packed)
+            messages = strategy.configure_train(server_round, packed, train_config, grid)
             replies = grid.send_and_receive(messages, timeout=run.round_timeout)
-            new_arrays, _ = strategy.aggregate_train(server_round, replies)
+            new_packed, _ = strategy.aggregate_train(server_round, replies)
+            new_arrays = None if new_packed is None else unpack_record(layout, new_packed)
             train_reports = strategy.last_train_reports
             # An error reply for a vanished node comes from the SuperLink itself, so the sites
             # that dropped out are those sent a message that sent no result back.
@@ -152,11 +189,18 @@ def run_federation(
                 f"round {server_round}: {len(train_reports)} site(s) replied, "
                 f"{run.min_train_nodes} needed"
             )
-        arrays = new_arrays
+        arrays, packed = new_arrays, new_packed
         trained = time.perf_counter()
         site_names.update({r.node_id: r.site_id for r in train_reports})
 
-        eval_messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+        if packed is None:
+            packed = pack_record(layout, arrays)
+        eval_messages = strategy.configure_evaluate(
+            server_round,
+            packed,
+            ConfigRecord({LAYOUT_CONFIG_KEY: layout.digest()}),
+            grid,
+        )
         eval_replies = grid.send_and_receive(eval_messages, timeout=run.round_timeout)
         strategy.aggregate_evaluate(server_round, eval_replies)
         eval_reports = strategy.last_evaluate_reports
@@ -226,7 +270,17 @@ def _arrays_from_checkpoint(checkpoint: Checkpoint, fresh: ArrayRecord) -> Array
             f"checkpoint of round {checkpoint.server_round} does not fit model "
             "(different tensors); use a new run dir for a different model"
         )
-    arrays = ArrayRecord({k: Array(checkpoint.arrays[k]) for k in fresh})
+    # Checkpoints written before the packed wire format hold 0-d tensors (BatchNorm's counters)
+    # as shape (1,); the model hash encodes both alike, so the reshape is lossless.
+    arrays = ArrayRecord()
+    for key, value in fresh.items():
+        stored = checkpoint.arrays[key]
+        if stored.size != int(np.prod(value.shape)):
+            raise CheckpointError(
+                f"checkpoint of round {checkpoint.server_round} does not fit model "
+                f"({key} has {stored.size} values, the model {int(np.prod(value.shape))})"
+            )
+        arrays[key] = Array(np.asarray(stored).reshape(value.shape))
     if arrays_hash(arrays) != checkpoint.model_hash:
         raise CheckpointError(f"checkpoint of round {checkpoint.server_round} fails its hash")
     return arrays

@@ -17,6 +17,7 @@ from node.api.auth import build_router as build_auth_router
 from node.api.dicomweb.router import build_router as build_dicomweb_router
 from node.api.fhir.router import build_router as build_fhir_router
 from node.api.gateway import router as gateway_router
+from node.dimse.server import start_dimse
 from node.errors import NodeError
 from node.hl7.runtime import start_hl7
 from node.services.archive import Archive
@@ -37,9 +38,16 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
         gc.collect()
         gc.freeze()
         hl7 = start_hl7(settings, app.state.archive.engine)
+        dimse = None
         try:
+            if settings.dimse_port:
+                # Started after the archive is open and stopped before it closes: the DIMSE
+                # handlers use it from their own threads.
+                dimse = start_dimse(settings, app.state.archive)
             yield
         finally:
+            if dimse is not None:
+                dimse.stop()
             hl7.stop()
             if owned:
                 app.state.archive.close()

@@ -46,6 +46,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
+from federated.packing import Layout
 from federated.strategies.base import SiteReport
 
 
@@ -125,6 +126,7 @@ def secagg_train_round(
     context: Context,
     server_round: int,
     arrays: ArrayRecord,
+    layout: Layout,
     config: ConfigRecord,
     node_ids: Sequence[int],
     num_shares: int,
@@ -137,7 +139,9 @@ def secagg_train_round(
     """Run one SecAgg+ training round; return the new global arrays and per-site reports.
 
     The returned arrays are ``global + weighted mean of the sites' updates``; ``None`` when the
-    protocol could not finish (too few sites left to reconstruct the masks).
+    protocol could not finish (too few sites left to reconstruct the masks). The model and the
+    updates travel packed (``layout``: one array per dtype); the protocol's clipping,
+    quantisation and masks are elementwise, so packing changes the object count, not the sum.
     """
     manager = SimpleClientManager()
     for node_id in node_ids:
@@ -154,8 +158,9 @@ def secagg_train_round(
     legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
         {WorkflowKey.CURRENT_ROUND: server_round}
     )
+    base = layout.pack({k: v.numpy() for k, v in arrays.items()})
     legacy.state.array_records[MAIN_PARAMS_RECORD] = ArrayRecord(
-        {k: Array(v.numpy()) for k, v in arrays.items()}
+        {k: Array(v) for k, v in base.items()}
     )
     workflow = SecAggPlusWorkflow(
         num_shares=num_shares,
@@ -188,16 +193,19 @@ def secagg_train_round(
     if not adapter.results:
         return None, reports, failed
     mean_update = parameters_to_ndarrays(adapter.results[0][1].parameters)
-    keys = list(arrays.keys())
-    if len(mean_update) != len(keys):
-        raise RuntimeError(f"SecAgg+ returned {len(mean_update)} arrays for {len(keys)} tensors")
-    out = ArrayRecord()
-    for key, update in zip(keys, mean_update, strict=True):
-        base = arrays[key].numpy()
-        new = base.astype(np.float64) + update.reshape(base.shape)
-        if np.issubdtype(base.dtype, np.integer):
+    buffers = layout.buffer_list(base)
+    if [u.size for u in mean_update] != [b.size for b in buffers]:
+        raise RuntimeError(
+            f"SecAgg+ returned arrays of {[u.size for u in mean_update]} values, "
+            f"the packed model has {[b.size for b in buffers]}"
+        )
+    summed: list[np.ndarray] = []
+    for buffer, update in zip(buffers, mean_update, strict=True):
+        new = buffer.astype(np.float64) + update.reshape(buffer.shape)
+        if np.issubdtype(buffer.dtype, np.integer):
             new = np.rint(new)
-        out[key] = Array(np.ascontiguousarray(new.astype(base.dtype)))
+        summed.append(new.astype(buffer.dtype))
+    out = ArrayRecord({k: Array(v) for k, v in layout.unpack_list(summed)})
     return out, reports, failed
 
 
