@@ -35,6 +35,7 @@ def _start(
     data_dir: Path, http_port: int, hl7_port: int, fsync: bool, database_url: str | None
 ) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "NODE_FSYNC": "true" if fsync else "false"}
+    env["NODE_AUTH_ENABLED"] = "false"  # measures HL7 ingest; auth_overhead.py measures auth
     cmd = [sys.executable, "-m", "node.cli", "node", "serve", "--data-dir", str(data_dir)]
     cmd += ["--port", str(http_port), "--hl7-port", str(hl7_port), "--dimse-port", "0"]
     if database_url:

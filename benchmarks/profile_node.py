@@ -85,7 +85,8 @@ def main() -> None:
     py_spy = Path(sys.executable).parent / "py-spy"
     port = _free_port()
     with tempfile.TemporaryDirectory() as work:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        # Profiles the store/query path; auth_overhead.py measures the token check.
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "NODE_AUTH_ENABLED": "false"}
         cmd = [sys.executable, "-m", "node.cli", "node", "serve", "--data-dir", f"{work}/node"]
         node = subprocess.Popen([*cmd, "--port", str(port)], env=env)
         root = f"http://127.0.0.1:{port}/dicom-web"

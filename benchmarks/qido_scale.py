@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import secrets
 import statistics
 import time
@@ -106,11 +107,17 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument(
+        "--token",
+        default=os.environ.get("PACSMESH_TOKEN"),
+        help="bearer token (default $PACSMESH_TOKEN; `pacsmesh node user token`)",
+    )
     a = ap.parse_args()
+    headers = {"Authorization": f"Bearer {a.token}"} if a.token else {}
     out: dict[str, dict[str, object]] = {}
     for k, root in enumerate(a.roots):
         tag = f"Q{k}"
-        with httpx.Client(timeout=600) as client:
+        with httpx.Client(timeout=600, headers=headers) as client:
             rate = fill(client, root, a.instances, a.batch, tag)
             out[root] = {
                 "instances": a.instances,

@@ -90,6 +90,13 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
     app.include_router(build_auth_router())
     if settings.auth_enabled:
         _install_auth(app, settings)
+    else:
+        # Development escape hatch (refused in production by the settings): say so loudly.
+        log.warning(
+            "AUTHENTICATION IS OFF (auth_enabled=false): every route is open to anyone who "
+            "reaches %s; never run a node like this with real data",
+            settings.base_url,
+        )
     # Outermost (added last): requests that authentication refuses are audited too.
     app.add_middleware(AuditMiddleware, audit=lambda: getattr(app.state, "audit", None))
     _install_error_handlers(app)

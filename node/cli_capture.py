@@ -34,6 +34,13 @@ def capture(
         Path | None, typer.Option(help="CA certificate (PEM) the node's TLS cert chains to")
     ] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the node")] = 120.0,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PACSMESH_TOKEN",
+            help="bearer token allowed to store images (user or system ImagingStudy.write)",
+        ),
+    ] = None,
 ) -> None:
     """Store JPEG/PNG captures of an order on a node as a DICOM Secondary Capture."""
     import httpx
@@ -58,6 +65,7 @@ def capture(
             url,
             data=form,
             files=parts,
+            headers={"Authorization": f"Bearer {token}"} if token else None,
             verify=str(cacert) if cacert else True,
             timeout=timeout,
         )

@@ -25,11 +25,17 @@ NodeUrl = Annotated[
     str, typer.Option("--node", envvar="PACSMESH_NODE_URL", help="the node's base URL")
 ]
 DEFAULT_NODE = "http://127.0.0.1:8080"
+# /admin is for the admin role: `pacsmesh node user token ADMIN` prints one.
+NodeToken = Annotated[
+    str | None,
+    typer.Option("--token", envvar="PACSMESH_TOKEN", help="an admin's bearer token"),
+]
 
 
-def _call(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+def _call(method: str, url: str, token: str | None, body: dict[str, Any] | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        response = httpx.request(method, url, json=body, timeout=30)
+        response = httpx.request(method, url, json=body, headers=headers, timeout=30)
     except httpx.HTTPError as exc:
         typer.echo(f"error: cannot reach the node: {type(exc).__name__}", err=True)
         raise typer.Exit(2) from exc
@@ -50,11 +56,12 @@ def _print(value: Any) -> None:
 @reconcile_app.command("list")
 def reconcile_list(
     node: NodeUrl = DEFAULT_NODE,
+    token: NodeToken = None,
     include_resolved: Annotated[bool, typer.Option("--all", help="include resolved items")] = False,
 ) -> None:
     """Studies waiting for an admin, with why they did not match (JSON)."""
     params = "?include_resolved=true" if include_resolved else ""
-    _print(_call("GET", f"{node.rstrip('/')}/admin/reconciliation{params}"))
+    _print(_call("GET", f"{node.rstrip('/')}/admin/reconciliation{params}", token))
 
 
 @reconcile_app.command("resolve")
@@ -62,32 +69,37 @@ def reconcile_resolve(
     study_uid: Annotated[str, typer.Argument(help="Study Instance UID of the queued study")],
     order: Annotated[str, typer.Option("--order", help="accession number of the order")],
     node: NodeUrl = DEFAULT_NODE,
+    token: NodeToken = None,
     by: Annotated[str, typer.Option("--by", help="who resolves (kept with the item)")] = "admin",
 ) -> None:
     """Attach a queued study to an order: the order completes and the OCS is told."""
     body = {"accession_number": order, "resolved_by": by}
-    _print(_call("POST", f"{node.rstrip('/')}/admin/reconciliation/{study_uid}/resolve", body))
+    _print(
+        _call("POST", f"{node.rstrip('/')}/admin/reconciliation/{study_uid}/resolve", token, body)
+    )
 
 
 @outbox_app.command("list")
 def outbox_list(
     node: NodeUrl = DEFAULT_NODE,
+    token: NodeToken = None,
     status: Annotated[
         str | None, typer.Option(help="pending | delivered | rejected (default: all)")
     ] = None,
 ) -> None:
     """Outbound messages, newest first, with attempts and the last error (JSON)."""
     params = f"?status={status}" if status else ""
-    _print(_call("GET", f"{node.rstrip('/')}/admin/outbox{params}"))
+    _print(_call("GET", f"{node.rstrip('/')}/admin/outbox{params}", token))
 
 
 @outbox_app.command("retry")
 def outbox_retry(
     message_key: Annotated[int, typer.Argument(help="the message's key (from outbox list)")],
     node: NodeUrl = DEFAULT_NODE,
+    token: NodeToken = None,
 ) -> None:
     """Queue a rejected message again (after the problem was fixed at the OCS)."""
-    _print(_call("POST", f"{node.rstrip('/')}/admin/outbox/{message_key}/retry"))
+    _print(_call("POST", f"{node.rstrip('/')}/admin/outbox/{message_key}/retry", token))
 
 
 def mount(node_app: typer.Typer) -> None:

@@ -15,10 +15,15 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from node.app import create_app
+from node.auth.tokens import NodeTokens
+from node.auth.users import add_user, get_user
+from node.errors import NotFoundError
 from node.services.archive import Archive
 from node.settings import NodeSettings
 
 BOUNDARY = "pacsmesh-demo-boundary"
+DEMO_USER = "demo-clinician"
+DEMO_TOKEN_TTL = 8 * 3600
 
 
 def generated_studies(count: int = 3, per_series: int = 4) -> list[bytes]:
@@ -63,7 +68,7 @@ def generated_studies(count: int = 3, per_series: int = 4) -> list[bytes]:
     return out
 
 
-def _stow(root: str, files: list[bytes]) -> httpx.Response:
+def _stow(root: str, files: list[bytes], token: str) -> httpx.Response:
     body = (
         b"".join(
             f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + f + b"\r\n"
@@ -71,28 +76,49 @@ def _stow(root: str, files: list[bytes]) -> httpx.Response:
         )
         + f"--{BOUNDARY}--\r\n".encode()
     )
-    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'}
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+        "Authorization": f"Bearer {token}",
+    }
     return httpx.post(f"{root}/studies", content=body, headers=headers, timeout=300)
 
 
-def _load(root: str, shared: Path) -> list[str]:
+def _load(root: str, shared: Path, token: str) -> list[str]:
     """Load the samples through STOW-RS, like any modality or archive would."""
     files = [p.read_bytes() for p in sorted((shared / "data").glob("*.dcm"))]
     files += generated_studies()
-    r = _stow(root, files)
+    r = _stow(root, files, token)
     if r.status_code not in (200, 202):
         raise RuntimeError(f"demo load failed: {r.status_code} {r.text[:200]}")
-    studies = httpx.get(f"{root}/studies", headers={"Accept": "application/dicom+json"}, timeout=30)
+    headers = {"Accept": "application/dicom+json", "Authorization": f"Bearer {token}"}
+    studies = httpx.get(f"{root}/studies", headers=headers, timeout=30)
     uids = []
     if studies.status_code == 200:
         uids = [s["0020000D"]["Value"][0] for s in studies.json()]
     return uids
 
 
+def demo_token(settings: NodeSettings, archive: Archive) -> str:
+    """A token for the demo's own account (a clinician), created on the first run.
+
+    The node enforces tokens like any other (default deny); the demo account has no password,
+    so the only way in is a token printed here or by `pacsmesh node user token`.
+    """
+    try:
+        get_user(archive.engine, DEMO_USER)
+    except NotFoundError:
+        add_user(archive.engine, DEMO_USER, "clinician")
+    issued = NodeTokens.from_settings(settings).issue(
+        subject=DEMO_USER, role="clinician", ttl_seconds=DEMO_TOKEN_TTL
+    )
+    return issued.access_token
+
+
 def run_demo(shared: Path, data_dir: Path, port: int, once: bool = False) -> None:
     """Serve a node and load the demo data; with `once`, load, check and stop."""
     settings = NodeSettings(data_dir=data_dir, port=port, dimse_port=0, hl7_port=0)
     archive = Archive.open(settings)
+    token = demo_token(settings, archive)
     app = create_app(settings, archive)
     server = uvicorn.Server(
         uvicorn.Config(app, host=settings.host, port=port, log_level="warning", access_log=False)
@@ -104,17 +130,25 @@ def run_demo(shared: Path, data_dir: Path, port: int, once: bool = False) -> Non
         try:
             while not server.started:
                 time.sleep(0.05)
-            uids = _load(root, shared)
+            uids = _load(root, shared, token)
             typer.echo(f"\npacsmesh demo node is up: {len(uids)} studies loaded\n")
+            typer.echo("  every request needs a token; this one is valid for 8 hours:\n")
+            typer.echo(f"  export TOKEN={token}\n")
+            auth = '-H "Authorization: Bearer $TOKEN"'
             typer.echo(
-                f"  studies (QIDO-RS):   curl -H 'Accept: application/dicom+json' {root}/studies"
+                f"  studies (QIDO-RS):   curl {auth} -H 'Accept: application/dicom+json' "
+                f"{root}/studies"
             )
             if uids:
-                typer.echo(f"  one study metadata:  curl {root}/studies/{uids[0]}/metadata")
+                typer.echo(f"  one study metadata:  curl {auth} {root}/studies/{uids[0]}/metadata")
                 typer.echo(
-                    f"  retrieve (WADO-RS):  curl -H 'Accept: multipart/related; "
+                    f"  retrieve (WADO-RS):  curl {auth} -H 'Accept: multipart/related; "
                     f'type="application/dicom"; transfer-syntax=*\' {root}/studies/{uids[0]}'
                 )
+            typer.echo(
+                f"  a new token:         NODE_PORT={port} pacsmesh node user token "
+                f"{DEMO_USER} --data-dir {data_dir} --ttl 8h"
+            )
             typer.echo(f"  API docs:            {settings.base_url}/docs")
             typer.echo(f"  data directory:      {data_dir.resolve()} (encrypted)\n")
             if not once:

@@ -117,9 +117,11 @@ class NodeSettings(BaseSettings):
         "certificate also connect (peer routes still demand one)",
     )
     # --- Users, tokens and OIDC issuers (issue #6, auth helper) ---
-    # auth_enabled installs default deny on every route. It stays False only until the #6
-    # wiring session guards every route; that session makes it always on and removes it.
-    auth_enabled: bool = Field(default=False, description="require bearer tokens (default deny)")
+    # Default deny on every route. Turning it off is a development escape hatch only: refused
+    # in production, and a node started without it logs a warning (docs/security-auth.md).
+    auth_enabled: bool = Field(
+        default=True, description="require bearer tokens (default deny); off: development only"
+    )
     token_issuer: str | None = Field(
         default=None, description="`iss` of tokens this node signs; default: the base URL"
     )
@@ -176,6 +178,12 @@ class NodeSettings(BaseSettings):
             # The default key file sits beside the data it protects: fine for development,
             # refused in production, where the KEK must come from elsewhere.
             raise ValueError("production nodes must name their KEK source (file:PATH or env:VAR)")
+        if self.environment == "production" and not self.auth_enabled:
+            # Without tokens every route is open to whoever reaches the port.
+            raise ValueError(
+                "production nodes must enforce bearer tokens: remove auth_enabled=false "
+                "(NODE_AUTH_ENABLED) or run with environment=development"
+            )
         return self
 
     @property

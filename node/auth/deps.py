@@ -72,3 +72,16 @@ def require_scope(*any_of: str) -> Any:
         raise InsufficientScopeError(" ".join(any_of))
 
     return Depends(check)
+
+
+def request_principal(request: Request) -> Principal | None:
+    """The principal the middleware verified, or None on a node running with auth off.
+
+    For routes whose answer depends on who asks (a patient's compartment); with auth on, the
+    middleware has already refused every request without a valid token.
+    """
+    principal = getattr(request.state, "principal", None)
+    return principal if isinstance(principal, Principal) else None
+
+
+RequestPrincipal = Annotated[Principal | None, Depends(request_principal)]

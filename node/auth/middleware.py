@@ -2,8 +2,9 @@
 
 Every HTTP request must carry a valid bearer token, except for the explicit public allow-list.
 The token's principal must then hold a scope the route table names for the path and method; a
-path the table does not name is refused to everyone (403). Routes may check finer rules with
-`node.auth.deps` dependencies; the principal is left in `request.state.principal` for them.
+path the table does not name is refused to everyone (403). Routes check finer rules (a
+patient's compartment) with the principal the middleware leaves in `request.state.principal`.
+tests/node/test_auth_matrix.py holds every route of the app against this table.
 """
 
 from __future__ import annotations
@@ -31,32 +32,80 @@ PUBLIC_PATHS = frozenset(
         "/fhir/metadata",
         "/docs",
         "/docs/oauth2-redirect",
+        "/redoc",
         "/openapi.json",
     }
 )
 
 READ_METHODS = frozenset({"GET", "HEAD"})
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 @dataclass(frozen=True)
 class RouteRule:
-    """Who may call a path prefix with some methods: any one of `any_of` scopes, and if
-    `roles` is set, only those roles."""
+    """Who may call a path with some methods: any one of `any_of` scopes, and if `roles` is
+    set, only those roles.
+
+    `prefix` ending in "/" covers every path below it; otherwise it covers the path itself and
+    the paths below it (`/fhir/Patient` covers `/fhir/Patient/7`, not `/fhir/PatientX`).
+    """
 
     prefix: str
     methods: frozenset[str]
     any_of: tuple[str, ...]
     roles: frozenset[str] | None = None
 
+    def covers(self, path: str, method: str) -> bool:
+        """True when this rule decides a request for `method path`."""
+        if method not in self.methods:
+            return False
+        if self.prefix.endswith("/"):
+            return path.startswith(self.prefix)
+        return path == self.prefix or path.startswith(self.prefix + "/")
 
-# First match wins. Patients have no DICOMweb access until the routes filter by compartment.
-# Deleting a study destroys its key (crypto-shredding): administrators only.
+
+# Clinical FHIR types: staff read them (`user/`), a patient reads them only inside their own
+# compartment (`patient/`; the read and search interactions filter, node.services.fhir_compartment).
+_FHIR_CLINICAL = ("Patient", "ServiceRequest", "ImagingStudy", "DiagnosticReport", "Observation")
+_ADMIN = frozenset({"admin"})
+
+# First match wins; a request no rule covers is refused to everyone (default deny). That
+# includes `/network/*` until the cross-hospital routes land with their rules (their peer
+# routes will also demand a consortium client certificate, node.api.peer_auth).
+# - DICOMweb: no patient access until the routes filter by compartment. Deleting a study
+#   destroys its key (crypto-shredding), and /admin runs the node: both need the admin role
+#   with its unnarrowed scopes (`user/*.write` / `user/*.read`), so a service credential cut
+#   from an admin account (`system/ImagingStudy.write` for a capture device) cannot reach them.
+# - Capture gateway: a capture stores an imaging instance (clinicians, radiologists, admins,
+#   or a device's `system/ImagingStudy.write` service credential).
+# - FHIR: radiologists (and admins) write reports; the CapabilityStatement is public.
+#   AuditEvent: auditors, admins, and a patient for their own events; Consent: staff and
+#   auditors read, a patient (or an admin) submits one the patient signed.
 ROUTE_RULES: tuple[RouteRule, ...] = (
     RouteRule("/dicom-web/", READ_METHODS, ("user/ImagingStudy.read",)),
     RouteRule("/dicom-web/", frozenset({"POST"}), ("user/ImagingStudy.write",)),
-    RouteRule(
-        "/dicom-web/", frozenset({"DELETE"}), ("user/ImagingStudy.write",), frozenset({"admin"})
+    RouteRule("/dicom-web/", frozenset({"DELETE"}), ("user/*.write",), _ADMIN),
+    RouteRule("/gateway/captures", frozenset({"POST"}), ("user/ImagingStudy.write",)),
+    *(
+        RouteRule(f"/fhir/{t}", READ_METHODS, (f"user/{t}.read", f"patient/{t}.read"))
+        for t in _FHIR_CLINICAL
     ),
+    RouteRule(
+        "/fhir/DiagnosticReport", frozenset({"POST", "PUT"}), ("user/DiagnosticReport.write",)
+    ),
+    # Patient/{id}/$link (a patient-signed link to their ledger address): administrators.
+    RouteRule("/fhir/Patient", frozenset({"POST"}), ("user/Patient.write",)),
+    RouteRule("/fhir/Endpoint", READ_METHODS, ("user/Endpoint.read",)),
+    RouteRule(
+        "/fhir/AuditEvent", READ_METHODS, ("user/AuditEvent.read", "patient/AuditEvent.read")
+    ),
+    # Patients join the Consent reads once that search filters to their own consents.
+    RouteRule("/fhir/Consent", READ_METHODS, ("user/Consent.read",)),
+    RouteRule(
+        "/fhir/Consent", frozenset({"POST"}), ("user/Consent.write", "patient/Consent.write")
+    ),
+    RouteRule("/admin/", READ_METHODS, ("user/*.read",), _ADMIN),
+    RouteRule("/admin/", WRITE_METHODS, ("user/*.write",), _ADMIN),
 )
 
 
@@ -65,7 +114,7 @@ def rule_for(
 ) -> RouteRule | None:
     """The first rule that covers this path and method, or None (denied)."""
     for rule in rules:
-        if path.startswith(rule.prefix) and method in rule.methods:
+        if rule.covers(path, method):
             return rule
     return None
 
@@ -108,7 +157,7 @@ class BearerAuthMiddleware:
             if rule.roles is not None and principal.role not in rule.roles:
                 raise ForbiddenError("this route is reserved to other roles")
         except NodeError as exc:
-            await _reject(exc, send)
+            await _reject(exc, send, fhir=scope["path"].startswith("/fhir/"))
             return
         await self.app(scope, receive, send)
 
@@ -120,9 +169,16 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _reject(exc: NodeError, send: Send) -> None:
-    body = json.dumps({"error": exc.message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+async def _reject(exc: NodeError, send: Send, *, fhir: bool = False) -> None:
+    content_type = b"application/json"
+    payload: dict[str, object] = {"error": exc.message}
+    if fhir:
+        # FHIR clients read errors as an OperationOutcome (R4 §3.1.0.4.1).
+        content_type = b"application/fhir+json"
+        issue = {"severity": "error", "code": exc.fhir_code, "diagnostics": exc.message}
+        payload = {"resourceType": "OperationOutcome", "issue": [issue]}
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
     for name, value in getattr(exc, "headers", {}).items():
         headers.append((name.lower().encode(), value.encode("latin-1")))
     await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})

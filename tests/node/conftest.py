@@ -21,6 +21,7 @@ from tests.conftest import REPO_ROOT
 
 PG_ADMIN_URL = os.environ.get("PACSMESH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgresql"]
+NO_AUTH_ENV = {"NODE_AUTH_ENABLED": "false"}
 
 
 def free_port() -> int:
@@ -124,7 +125,9 @@ def start_node(
             cmd += [flag, "0"]
     if database_url:
         cmd += ["--database-url", database_url]
-    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    # Auth is off for tests whose subject is not auth (they call the node without tokens);
+    # the auth tests pass NODE_AUTH_ENABLED=true, test_auth_matrix.py covers every route.
+    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **NO_AUTH_ENV, **(env or {})}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
     node = RunningNode(proc, data_dir, port, database_url, log_path)

@@ -113,6 +113,9 @@ def serve_consent_node(
         "dimse_port": 0,
         "hl7_port": 0,
         "ledger_consent_refresh_seconds": 0.2,
+        # The app's own default-deny middleware stays off: with `rules` the test installs the
+        # real middleware with that table; without, the test's subject is not auth.
+        "auth_enabled": False,
     }
     if consortium is not None:
         values["ledger_data_dir"] = consortium.ledger_dir

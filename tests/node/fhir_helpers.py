@@ -8,13 +8,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import uvicorn
+from fastapi import FastAPI
 from fhir.resources.R4B import get_fhir_model_class
 from pydicom import Dataset
 from sqlalchemy import Engine, insert
@@ -111,6 +112,9 @@ class FhirNode:
 
     url: str
     archive: Archive
+    # Sent with every request (a bearer token when the node enforces auth).
+    headers: dict[str, str] = field(default_factory=dict)
+    app: FastAPI | None = None  # the app being served (to list its routes)
 
     @property
     def fhir(self) -> str:
@@ -123,7 +127,8 @@ class FhirNode:
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """A FHIR request; every JSON reply must be FHIR JSON that validates."""
         url = path if path.startswith("http") else f"{self.fhir}/{path.lstrip('/')}"
-        r = httpx.request(method, url, timeout=60, **kwargs)
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        r = httpx.request(method, url, timeout=60, headers=headers, **kwargs)
         if r.content:
             assert r.headers["content-type"].startswith(FHIR_JSON), r.headers
             validate(r.json())
@@ -154,6 +159,7 @@ class FhirNode:
             f"{self.url}/dicom-web/studies",
             content=body,
             headers={
+                **self.headers,
                 "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
                 "Accept": "application/dicom+json",
             },
@@ -202,8 +208,11 @@ def index_database(backend: str) -> Iterator[str | None]:
 
 
 @contextmanager
-def serve_node(data_dir: Path, database_url: str | None = None) -> Iterator[FhirNode]:
-    """Run the node app on a free loopback port until the block ends."""
+def serve_node(
+    data_dir: Path, database_url: str | None = None, *, auth_enabled: bool = False
+) -> Iterator[FhirNode]:
+    """Run the node app on a free loopback port until the block ends (auth off by default:
+    the FHIR tests' subject is FHIR; test_auth_matrix.py serves it with auth on)."""
     port = free_port()
     settings = NodeSettings(
         data_dir=data_dir,
@@ -212,6 +221,7 @@ def serve_node(data_dir: Path, database_url: str | None = None) -> Iterator[Fhir
         fsync=False,
         dimse_port=0,
         hl7_port=0,
+        auth_enabled=auth_enabled,
     )
     archive = Archive.open(settings)
     app = create_app(settings, archive)
@@ -225,7 +235,7 @@ def serve_node(data_dir: Path, database_url: str | None = None) -> Iterator[Fhir
         while not server.started:
             assert time.monotonic() < deadline and thread.is_alive(), "node did not start"
             time.sleep(0.05)
-        yield FhirNode(f"http://127.0.0.1:{port}", archive)
+        yield FhirNode(f"http://127.0.0.1:{port}", archive, app=app)
     finally:
         server.should_exit = True
         thread.join(timeout=30)

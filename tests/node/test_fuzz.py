@@ -295,6 +295,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
         max_header_bytes=256 << 10,
         dimse_port=0,
         hl7_port=0,
+        auth_enabled=False,  # fuzzes parsers, not auth (test_auth_matrix.py covers routes)
     )
     archive = Archive.open(node_settings)
     try:

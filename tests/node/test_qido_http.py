@@ -81,6 +81,7 @@ def archive(
         fsync=False,
         dimse_port=0,
         hl7_port=0,
+        auth_enabled=False,  # not this file's subject: test_auth_matrix.py covers the routes
     )
     # In-process (not `pacsmesh node serve`) so a test can lower the result cap.
     app = create_app(settings)

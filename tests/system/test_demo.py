@@ -22,4 +22,7 @@ def test_demo_loads_samples_and_prints_urls_that_work(tmp_path: Path) -> None:
         # 4 real files (4 studies) + 3 generated CT studies
         assert "7 studies loaded" in result.stdout
     assert f"http://127.0.0.1:{port}/dicom-web/studies" in result.stdout
+    # Default deny holds for the demo too: it loads and prints with a token of its own.
+    assert "export TOKEN=ey" in result.stdout
+    assert "Authorization: Bearer $TOKEN" in result.stdout
     assert not plaintext_findings(tmp_path / "demo", [b"DICM"])

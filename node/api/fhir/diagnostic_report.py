@@ -11,6 +11,7 @@ import re
 from anyio import to_thread
 from fastapi import Request
 from fastapi.responses import Response
+from sqlalchemy import Connection
 
 from node.api.deps import ArchiveDep
 from node.api.fhir.interactions import add_read_and_search, fhir_router
@@ -20,9 +21,12 @@ from node.api.fhir.outcome import (
     require_json_body,
     resource_response,
 )
+from node.auth.deps import RequestPrincipal
+from node.auth.policy import Principal
 from node.errors import InvalidRequestError, NotFoundError
 from node.services import fhir_reports, reports
 from node.services.archive import Archive
+from node.services.fhir_compartment import check_readable, compartment_of
 
 router = fhir_router("DiagnosticReport")
 add_read_and_search(
@@ -83,14 +87,27 @@ def _update(
 
 
 @router.get("/DiagnosticReport/{resource_id}/_history", name="history DiagnosticReport")
-def history(resource_id: str, request: Request, archive: ArchiveDep) -> Response:
+def history(
+    resource_id: str, request: Request, archive: ArchiveDep, principal: RequestPrincipal
+) -> Response:
     """Every version of one report (R4 §3.1.0.10 history-instance)."""
     with archive.engine.connect() as conn:
+        _check_compartment(conn, resource_id, principal)
         return FhirResponse(fhir_reports.history(conn, resource_id, fhir_base(request)))
 
 
 @router.get("/DiagnosticReport/{resource_id}/_history/{version_id}", name="vread DiagnosticReport")
-def vread(resource_id: str, version_id: str, archive: ArchiveDep) -> Response:
+def vread(
+    resource_id: str, version_id: str, archive: ArchiveDep, principal: RequestPrincipal
+) -> Response:
     """One version of a report (R4 §3.1.0.3 vread)."""
     with archive.engine.connect() as conn:
+        _check_compartment(conn, resource_id, principal)
         return resource_response(fhir_reports.read_version(conn, resource_id, version_id))
+
+
+def _check_compartment(conn: Connection, resource_id: str, principal: Principal | None) -> None:
+    """A patient reads a report's versions only when the report is theirs (else 404)."""
+    compartment = compartment_of(conn, principal)
+    if compartment is not None:
+        check_readable(fhir_reports.read_report(conn, resource_id), compartment)

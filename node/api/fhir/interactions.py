@@ -18,6 +18,8 @@ from node.api.fhir.outcome import (
     negotiate,
     resource_response,
 )
+from node.auth.deps import RequestPrincipal
+from node.services.fhir_compartment import check_readable, compartment_of, restrict_search
 from node.services.fhir_search import Page, SearchRequest, bundle, parse_search
 
 Reader = Callable[[Connection, str], dict[str, Any]]
@@ -40,16 +42,27 @@ def add_read_and_search(
 ) -> None:
     """GET /{type}/{id} and GET /{type}?params for one resource type."""
 
-    def search_type(request: Request, archive: ArchiveDep) -> Response:
+    def search_type(request: Request, archive: ArchiveDep, principal: RequestPrincipal) -> Response:
         parsed = parse_search(request.query_params.multi_items(), params, lenient=lenient(request))
         with archive.engine.connect() as conn:
-            page = search(conn, parsed)
+            # A patient principal searches only their own compartment.
+            compartment = compartment_of(conn, principal)
+            narrowed = (
+                parsed
+                if compartment is None
+                else restrict_search(resource_type, parsed, compartment)
+            )
+            page = search(conn, narrowed) if narrowed is not None else Page(0, [])
         base = fhir_base(request)
         return FhirResponse(bundle(f"{base}/{resource_type}", parsed, page, fhir_base=base))
 
-    def read_instance(resource_id: str, archive: ArchiveDep) -> Response:
+    def read_instance(
+        resource_id: str, archive: ArchiveDep, principal: RequestPrincipal
+    ) -> Response:
         with archive.engine.connect() as conn:
-            return resource_response(read(conn, resource_id))
+            resource = read(conn, resource_id)
+            check_readable(resource, compartment_of(conn, principal))
+            return resource_response(resource)
 
     search_type.__doc__ = f"Search {resource_type} (FHIR R4 search-type)."
     read_instance.__doc__ = f"Read one {resource_type} by id (FHIR R4 read)."
