@@ -18,7 +18,6 @@ from typing import Any
 import uvicorn
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from fastapi import FastAPI
 
 from ledger import keystore
 from ledger.chain import connect
@@ -79,8 +78,6 @@ def make_consortium(ledger_dir: Path, anvil: Anvil | None = None) -> Consortium:
 class ConsentNode(FhirNode):
     """A FHIR node with its app (for `app.state.ledger`)."""
 
-    app: FastAPI | None = None
-
     @property
     def ledger(self) -> LedgerLink:
         assert self.app is not None
@@ -139,7 +136,7 @@ def serve_consent_node(
         while not server.started:
             assert time.monotonic() < deadline and thread.is_alive(), "node did not start"
             time.sleep(0.05)
-        yield ConsentNode(f"http://127.0.0.1:{port}", archive, app)
+        yield ConsentNode(f"http://127.0.0.1:{port}", archive, app=app)
     finally:
         server.should_exit = True
         thread.join(timeout=30)
