@@ -157,8 +157,17 @@ class AuditLog:
         self._leading = False
 
     @classmethod
-    def open(cls, url_or_path: str | Path, table_prefix: str = "audit_") -> AuditLog:
-        """Open a log by database URL, or by file path (SQLite, created if absent)."""
+    def open(
+        cls, url_or_path: str | Path, table_prefix: str = "audit_", sqlite_sync: str = "FULL"
+    ) -> AuditLog:
+        """Open a log by database URL, or by file path (SQLite, created if absent).
+
+        `sqlite_sync` is SQLite's `synchronous` in WAL mode: FULL (the default) makes every
+        commit survive power loss; NORMAL makes it survive a crash of the process (the OS holds
+        the write) and flushes at checkpoints, for a fraction of the cost per commit.
+        """
+        if sqlite_sync not in ("FULL", "NORMAL"):
+            raise ValueError(f"sqlite_sync must be FULL or NORMAL, not {sqlite_sync!r}")
         url = str(url_or_path)
         if "://" not in url:
             path = Path(url).expanduser()
@@ -166,7 +175,11 @@ class AuditLog:
             url = f"sqlite:///{path}"
         engine = sa.create_engine(url)
         if engine.dialect.name == "sqlite":
-            sa.event.listen(engine, "connect", _sqlite_pragmas)
+
+            def pragmas(dbapi_connection: Any, _record: Any) -> None:
+                _sqlite_pragmas(dbapi_connection, sqlite_sync)
+
+            sa.event.listen(engine, "connect", pragmas)
         return cls(engine, table_prefix=table_prefix)
 
     def close(self) -> None:
@@ -724,11 +737,11 @@ def _leaf_bytes(event: AuditEvent | Mapping[str, Any]) -> bytes:
     return parse_event(dict(event) if isinstance(event, Mapping) else event).canonical()
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, sync: str) -> None:
     # WAL lets readers (proofs, verify) run beside the writer; synchronous=FULL makes every
     # commit durable before append returns; the busy timeout lets other processes' writers wait.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute(f"PRAGMA synchronous={sync}")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()

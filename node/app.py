@@ -39,7 +39,9 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
         app.state.archive = archive or Archive.open(settings)
         # Everything allocated so far lives for the whole process: keep the cyclic collector
         # from rescanning it on every full pass (it was the p95 of wide QIDO results).
-        app.state.audit = NodeAudit.open(settings.data_dir, settings.ae_title)
+        app.state.audit = NodeAudit.open(
+            settings.data_dir, settings.ae_title, settings.audit_sync.upper()
+        )
         gc.collect()
         gc.freeze()
         hl7 = start_hl7(settings, app.state.archive.engine, app.state.audit)

@@ -243,6 +243,10 @@ class NodeSettings(BaseSettings):
     ledger_consent_max_age_seconds: float = Field(
         default=30.0, gt=0, description="consent decisions are refused (503) past this staleness"
     )
+    audit_sync: Literal["normal", "full"] = Field(
+        default="normal",
+        description="audit log commits: 'normal' survives a node crash, 'full' also power loss",
+    )
     audit_anchor_every_events: int = Field(
         default=1000, gt=0, description="anchor the audit log's root after this many events"
     )

@@ -101,10 +101,17 @@ class NodeAudit:
         self._closed = threading.Event()
 
     @classmethod
-    def open(cls, data_dir: Path, source_node: str) -> NodeAudit:
-        """Open (or create) the node's log in ``data_dir`` and its pseudonym key."""
+    def open(cls, data_dir: Path, source_node: str, sync: str = "NORMAL") -> NodeAudit:
+        """Open (or create) the node's log in ``data_dir`` and its pseudonym key.
+
+        ``sync`` NORMAL (the node's default): an event is committed before the request is
+        answered and survives the node process crashing; a power loss may lose the events of
+        the last moments before it (SQLite WAL flushes at checkpoints). FULL closes that window
+        at the cost of an fsync per request (docs/security-audit.md).
+        """
         key = load_pseudonym_key(data_dir / "keys" / PSEUDONYM_KEY_FILE)
-        return cls(AuditLog.open(data_dir / AUDIT_DB_FILE), source_node, key)
+        log = AuditLog.open(data_dir / AUDIT_DB_FILE, sqlite_sync=sync)
+        return cls(log, source_node, key)
 
     def close(self) -> None:
         """Commit every event already queued, then release the database."""
