@@ -41,6 +41,19 @@ def test_synth_then_simulate_prints_rounds_and_json(tmp_path: Path) -> None:
     assert document["sites"] == ["site-1", "site-2", "site-3"]
     assert document["final"]["participants"] == ["site-1", "site-2", "site-3"]
     assert len(document["final"]["model_sha256"]) == 64
+    assert document["final"]["evaluation"]["carried_by"] == "final-evaluate-message"
+
+    separate = runner.invoke(
+        federated_app,
+        ["simulate", "--data", str(data), "--rounds", "1", "--image-size", "32", "--json",
+         "--separate-evaluate"],
+    )  # fmt: skip
+    assert separate.exit_code == 0, separate.output
+    final = json.loads(separate.stdout)["final"]
+    # The same model, evaluated by a separate evaluate message after aggregation.
+    assert final["evaluation"]["carried_by"] == "evaluate-message"
+    assert final["model_sha256"] == document["final"]["model_sha256"]
+    assert final["global_metrics"] == document["final"]["global_metrics"]
 
 
 def test_bad_input_gives_a_message_and_an_exit_code_not_a_traceback(tmp_path: Path) -> None:
