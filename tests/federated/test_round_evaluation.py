@@ -217,3 +217,19 @@ def test_resume_after_a_failed_round_logs_the_unevaluated_round_once(
     assert set(lines[1]["site_metrics"]["site-1"]["train"]) >= {"train-loss", "num-examples"}
     for line in lines:
         _assert_logged_metrics_are_of_the_checkpointed_model(tmp_path, line, synth_sites)
+
+
+def test_dp_rounds_log_the_noised_models_metrics_and_clip_as_before(
+    synth_sites: list[Path], tmp_path: Path
+) -> None:
+    clip = 0.5
+    _simulate(synth_sites, _settings(tmp_path, 2, dp_clip=clip, dp_epsilon=8.0))
+    lines = _lines(tmp_path)
+    assert lines[0]["evaluation"]["carried_by"] == EVALUATED_WITH_NEXT_TRAIN
+    for line in lines:
+        assert line["privacy"]["dp"] is True
+        for site in line["site_metrics"].values():
+            # Evaluating first does not touch the update that is clipped and noised.
+            assert site["train"]["dp-norm-after-clip"] == pytest.approx(clip)
+        # The metrics are those of the noised global model that was checkpointed.
+        _assert_logged_metrics_are_of_the_checkpointed_model(tmp_path, line, synth_sites)
