@@ -3,15 +3,19 @@
 Runs the real Deployment Engine on loopback — a TLS SuperLink with SuperNode authentication and
 three authenticated SuperNodes — and submits the pacsmesh Flower App with ``flwr run``. Each
 site reports how long its ClientApp spent computing (training / evaluating); the ServerApp logs
-the wall time of each phase of the round. Overhead = phase wall time - the slowest site's compute
-in that phase: ClientApp process start (a fork of a warm process by default, a fresh
-``flwr-clientapp`` Python process with ``--stock-flower``), polling, serialisation, TLS transport
-and the SuperLink's queueing.
+the wall time of each exchange. By default a round is one exchange per site (the train message
+also evaluates the previous model): overhead = its wall time - the slowest site's evaluation +
+training. With ``--separate-evaluate`` a round is a train and an evaluate exchange: overhead =
+their wall times - the slowest site's training - the slowest site's evaluation. Overhead is:
+ClientApp process start (a fork of a warm process by default, a fresh ``flwr-clientapp`` Python
+process with ``--stock-flower``), polling, serialisation, TLS transport and the SuperLink's
+queueing.
 
     PYTHONPATH=. python benchmarks/federated_overhead.py --model small_cnn --image-size 64
     PYTHONPATH=. python benchmarks/federated_overhead.py --model densenet121 --image-size 32
     PYTHONPATH=. python benchmarks/federated_overhead.py --model small_cnn --secagg
     PYTHONPATH=. python benchmarks/federated_overhead.py --model small_cnn --stock-flower
+    PYTHONPATH=. python benchmarks/federated_overhead.py --model small_cnn --separate-evaluate
 
 Writes benchmarks/out/federated_overhead-<model>.json and prints a Markdown table row.
 """
@@ -81,6 +85,11 @@ def main() -> None:
         action="store_true",
         help="stock flower-supernode: a fresh ClientApp process per message, 3 s polls",
     )
+    parser.add_argument(
+        "--separate-evaluate",
+        action="store_true",
+        help="evaluate in a separate message after each round (evaluate-with-train = false)",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="pacsmesh-bench-"))
@@ -137,6 +146,7 @@ def main() -> None:
                 "min-train-nodes": 3,
                 "run-dir": str(run_dir),
                 "secagg": args.secagg,
+                "evaluate-with-train": not args.separate_evaluate,
             },
             timeout=3600,
         )
@@ -154,12 +164,25 @@ def main() -> None:
     checkpoint = np.load(run_dir / "checkpoints" / "round-0001.npz")
     model_bytes = sum(checkpoint[k].nbytes for k in checkpoint.files if not k.startswith("__"))
     rows = []
-    for record in rounds:
-        sites = record["site_metrics"].values()
-        train_compute = max(s["train"]["train-seconds"] for s in sites)
-        eval_compute = max(s["evaluate"]["eval_seconds"] for s in sites)
-        wall = record["timing"]["train_s"] + record["timing"]["evaluate_s"]
-        compute = train_compute + eval_compute
+    fused = any(r.get("evaluation", {}).get("carried_by") == "next-train-message" for r in rounds)
+    for previous, record in zip([None, *rounds], rounds, strict=False):
+        sites = record["site_metrics"]
+        if fused:
+            # One exchange per site: round r's train message also evaluated round r-1's model
+            # (before training), so a site's compute is its evaluation of that model plus its
+            # training, and the round is that one exchange.
+            before = previous["site_metrics"] if previous else {}
+            compute = max(
+                s["train"]["train-seconds"]
+                + (before.get(name, {}).get("evaluate", {}).get("eval_seconds") or 0.0)
+                for name, s in sites.items()
+            )
+            wall = record["timing"]["train_s"]
+        else:
+            train_compute = max(s["train"]["train-seconds"] for s in sites.values())
+            eval_compute = max(s["evaluate"]["eval_seconds"] for s in sites.values())
+            wall = record["timing"]["train_s"] + record["timing"]["evaluate_s"]
+            compute = train_compute + eval_compute
         rows.append(
             {
                 "round": record["server_round"],
@@ -182,24 +205,37 @@ def main() -> None:
         "mean_compute_s": statistics.mean(r["compute_s"] for r in steady),
         "mean_overhead_s": statistics.mean(r["overhead_s"] for r in steady),
         "mean_overhead_share": statistics.mean(r["overhead_share"] for r in steady),
+        "evaluate_with_train": fused,
+        # Once per run with evaluation in the train messages: the last model's evaluate-only
+        # exchange (wall time, slowest site's compute).
+        "final_evaluate_s": rounds[-1]["timing"].get("evaluate_s") if fused else None,
+        "final_evaluate_compute_s": (
+            max(s["evaluate"]["eval_seconds"] for s in rounds[-1]["site_metrics"].values())
+            if fused
+            else None
+        ),
         "model_bytes": int(model_bytes),
-        # Per site per round: the global model down twice (train, evaluate), the trained model
-        # up once, plus metrics (a few hundred bytes). Payload only, before gRPC/TLS framing.
-        "bytes_down_per_site_per_round": int(2 * model_bytes),
+        # Per site per round: the global model down once per exchange (train, and evaluate
+        # unless it rides on the train message), the trained model up once, plus metrics (a
+        # few hundred bytes). Payload only, before gRPC/TLS framing.
+        "bytes_down_per_site_per_round": int((1 if fused else 2) * model_bytes),
         "bytes_up_per_site_per_round": int(model_bytes),
         "run_total_s": total,
         "cpu_count": os.cpu_count(),
     }
     out = Path("benchmarks/out")
     out.mkdir(parents=True, exist_ok=True)
-    tag = f"{args.model}{'-secagg' if args.secagg else ''}{'-stock' if args.stock_flower else ''}"
+    tag = (
+        f"{args.model}{'-secagg' if args.secagg else ''}{'-stock' if args.stock_flower else ''}"
+        f"{'-separate' if args.separate_evaluate else ''}"
+    )
     (out / f"federated_overhead-{tag}.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     print(
         f"| {tag} @ {args.image_size} px, {args.per_site} img/site | "
         f"{summary['mean_wall_s']:.1f} s | {summary['mean_compute_s']:.1f} s | "
         f"{summary['mean_overhead_s']:.1f} s ({100 * summary['mean_overhead_share']:.0f}%) | "
-        f"{model_bytes / 1e6:.2f} MB down x2, up x1 |"
+        f"{model_bytes / 1e6:.2f} MB down x{1 if fused else 2}, up x1 |"
     )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 _NAME = re.compile(r"^round-(\d{4,})\.npz$")
 _META_ROUND = "__pacsmesh_round__"
 _META_HASH = "__pacsmesh_hash__"
+_META_PENDING = "__pacsmesh_pending__"
 
 
 class CheckpointError(RuntimeError):
@@ -32,6 +33,11 @@ class Checkpoint:
     server_round: int
     arrays: dict[str, np.ndarray]
     model_hash: str
+    # The run-log record of this round while its evaluation is still to come (JSON; "" when the
+    # round's log line was written before this checkpoint). With evaluation riding on the next
+    # round's train messages, a round's metrics arrive one exchange after its model: keeping the
+    # unfinished record here lets a restarted server finish it exactly once.
+    pending: str = ""
 
 
 class CheckpointStore:
@@ -54,6 +60,8 @@ class CheckpointStore:
         payload = dict(checkpoint.arrays)
         payload[_META_ROUND] = np.asarray(checkpoint.server_round, dtype=np.int64)
         payload[_META_HASH] = np.asarray(checkpoint.model_hash)
+        if checkpoint.pending:
+            payload[_META_PENDING] = np.asarray(checkpoint.pending)
         with tmp.open("wb") as handle:
             np.savez(handle, **payload)  # type: ignore[arg-type]
             handle.flush()
@@ -76,11 +84,14 @@ class CheckpointStore:
                 arrays = {k: data[k] for k in data.files if not k.startswith("__pacsmesh")}
                 stored_round = int(data[_META_ROUND])
                 stored_hash = str(data[_META_HASH])
+                pending = str(data[_META_PENDING]) if _META_PENDING in data.files else ""
         except (OSError, KeyError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path.name} is unreadable: {exc}") from exc
         if stored_round != server_round:
             raise CheckpointError(f"{path.name} claims to be round {stored_round}")
-        return Checkpoint(server_round=stored_round, arrays=arrays, model_hash=stored_hash)
+        return Checkpoint(
+            server_round=stored_round, arrays=arrays, model_hash=stored_hash, pending=pending
+        )
 
     def latest(self) -> Checkpoint | None:
         """The newest checkpoint, or None when the run has none yet."""

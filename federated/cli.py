@@ -122,6 +122,13 @@ def simulate(
     dp_clip: Annotated[float, typer.Option(help="DP: L2 clip of each update (0 = off)")] = 0.0,
     dp_epsilon: Annotated[float, typer.Option(help="DP: epsilon per round")] = 1.0,
     dp_delta: Annotated[float, typer.Option(help="DP: delta per round")] = 1e-5,
+    separate_evaluate: Annotated[
+        bool,
+        typer.Option(
+            help="Evaluate in a separate message after each round "
+            "(default: in the next round's train message)"
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option(help="Show Flower's own log")] = False,
 ) -> None:
     """Run a whole federation on this machine and print per-round, per-site metrics."""
@@ -146,6 +153,7 @@ def simulate(
                 "dp-clip": dp_clip,
                 "dp-epsilon": dp_epsilon,
                 "dp-delta": dp_delta,
+                "evaluate-with-train": not separate_evaluate,
             }
         )
         sites = discover_sites(data)

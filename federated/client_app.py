@@ -4,7 +4,9 @@ A train message carries the global model and the round's config; the site loads 
 source (named in its node config, e.g. its node's DICOMweb), trains locally and replies with its
 model (or, under SecAgg+, a masked update). An evaluate message asks the site to score the
 global model on its validation split; AUROC is computed here, at the site, so only summary
-numbers leave the hospital.
+numbers leave the hospital. A train message flagged ``evaluate-first`` asks for both in one
+exchange: the site scores the model it received (the previous round's aggregate) *before*
+training on it and replies with those metrics (``eval-`` keys) beside its update.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ from torch.utils.data import DataLoader, Dataset
 from federated.data import ChestXrayDataset
 from federated.packing import LAYOUT_CONFIG_KEY, Layout, PackingError
 from federated.run_config import NodeSettings, RunSettings
-from federated.strategies.base import SITE_RECORD
+from federated.strategies.base import (
+    EVALUATE_FIRST_KEY,
+    EVALUATED_MODEL_KEY,
+    SITE_RECORD,
+    flatten_eval_metrics,
+)
 from federated.strategies.fedbn import FEDBN_CONFIG_KEY, batchnorm_keys
 from federated.strategies.privacy import privatize_update
 from federated.strategies.secagg import fitins_arrays, fitres_reply, optional_secaggplus_mod
@@ -115,8 +122,45 @@ def _apply_threads(node: NodeSettings) -> None:
         torch.set_num_threads(node.torch_threads)
 
 
-def _site_record(node: NodeSettings) -> ConfigRecord:
-    return ConfigRecord({"site-id": node.site_id})
+def _site_record(node: NodeSettings, evaluated_model: str = "") -> ConfigRecord:
+    record = ConfigRecord({"site-id": node.site_id})
+    if evaluated_model:
+        record[EVALUATED_MODEL_KEY] = evaluated_model
+    return record
+
+
+def _received_hash(received: list[tuple[str, np.ndarray]]) -> str:
+    """SHA-256 of the global model as received (before FedBN puts local BN over it).
+
+    The server logs a metric against the model whose hash the site reports here, so a metric can
+    only ever be attributed to the model that was really scored.
+    """
+    from federated.task import model_hash
+
+    return model_hash([v for _, v in received])
+
+
+def _score(model: nn.Module, node: NodeSettings, run: RunSettings) -> dict[str, Any]:
+    """Loss and per-finding AUROC of ``model`` on this site's validation split."""
+    from federated.metrics import site_auroc
+    from federated.task import FINDINGS
+    from federated.task import evaluate as evaluate_model
+
+    dataset = load_split(node, run, "val")
+    started = time.perf_counter()
+    loss, probs, labels = evaluate_model(model, _loader(dataset, run, shuffle=False, round_=0))
+    seconds = time.perf_counter() - started
+    values, _ = site_auroc(probs, labels)
+    # NaN marks a finding with one class only in this site's split: AUROC is undefined there.
+    per_finding = [float(values.get(f, float("nan"))) for f in FINDINGS]
+    known = [a for a in per_finding if not np.isnan(a)]
+    return {
+        "num-examples": len(dataset),
+        "loss": float(loss),
+        "eval-seconds": seconds,
+        "auroc-macro": float(np.mean(known)) if known else float("nan"),
+        "auroc": per_finding,
+    }
 
 
 @app.train(mods=[optional_secaggplus_mod])
@@ -144,6 +188,13 @@ def train(msg: Message, context: Context) -> Message:
 
     if fedbn:
         _restore_local_bn(model, node.state_dir)
+    # Scored before training touches it, in eval mode under no_grad: exactly what a separate
+    # evaluate message would have measured; it changes neither the update nor its DP clipping.
+    scored: dict[str, Any] = {}
+    evaluated_model = ""
+    if bool(config.get(EVALUATE_FIRST_KEY, False)):
+        scored = flatten_eval_metrics(_score(model, node, run))
+        evaluated_model = _received_hash(received)
     global_params = [p.detach().clone() for p in model.parameters()]
     dataset = load_split(node, run, "train")
     started = time.perf_counter()
@@ -172,6 +223,7 @@ def train(msg: Message, context: Context) -> Message:
         "num-examples": len(dataset),
         "train-seconds": time.perf_counter() - started,
     }
+    metrics |= scored
     if run.dp_enabled:
         rng = np.random.default_rng(secrets.randbits(128))
         new, report = privatize_update(
@@ -189,12 +241,17 @@ def train(msg: Message, context: Context) -> Message:
             n.astype(np.float64) - o.astype(np.float64)
             for n, o in zip(new_buffers, old_buffers, strict=True)
         ]
-        return fitres_reply(msg, update, len(dataset), {"site-id": node.site_id} | metrics)
+        # Under SecAgg+ only the update is masked; metrics (as a separate evaluate reply's
+        # would be) travel in plain beside it.
+        site = {"site-id": node.site_id} | (
+            {EVALUATED_MODEL_KEY: evaluated_model} if evaluated_model else {}
+        )
+        return fitres_reply(msg, update, len(dataset), site | metrics)
     content = RecordDict(
         {
             "arrays": ArrayRecord({k: Array(v) for k, v in layout.pack(new).items()}),
             "metrics": MetricRecord(metrics),
-            SITE_RECORD: _site_record(node),
+            SITE_RECORD: _site_record(node, evaluated_model),
         }
     )
     return Message(content=content, reply_to=msg)
@@ -203,34 +260,15 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the received global model on this site's validation split."""
-    from federated.metrics import site_auroc
-    from federated.task import FINDINGS
-    from federated.task import evaluate as evaluate_model
-
     run = RunSettings.from_run_config(context.run_config)
     node = NodeSettings.from_node_config(context.node_config, context.node_id)
     _apply_threads(node)
     arrays = msg.content.array_records["arrays"]
     config = dict(msg.content.config_records["config"].items())
-    model, _, _ = _receive(run, {k: v.numpy() for k, v in arrays.items()}, config)
+    model, _, received = _receive(run, {k: v.numpy() for k, v in arrays.items()}, config)
     if bool(config.get(FEDBN_CONFIG_KEY, False)):
         _restore_local_bn(model, node.state_dir)
-    dataset = load_split(node, run, "val")
-    started = time.perf_counter()
-    loss, probs, labels = evaluate_model(model, _loader(dataset, run, shuffle=False, round_=0))
-    seconds = time.perf_counter() - started
-    values, _ = site_auroc(probs, labels)
-    # NaN marks a finding with one class only in this site's split: AUROC is undefined there.
-    per_finding = [float(values.get(f, float("nan"))) for f in FINDINGS]
-    known = [a for a in per_finding if not np.isnan(a)]
-    metrics = MetricRecord(
-        {
-            "num-examples": len(dataset),
-            "loss": float(loss),
-            "eval-seconds": seconds,
-            "auroc-macro": float(np.mean(known)) if known else float("nan"),
-            "auroc": per_finding,
-        }
-    )
-    content = RecordDict({"metrics": metrics, SITE_RECORD: _site_record(node)})
+    metrics = MetricRecord(_score(model, node, run))
+    site = _site_record(node, _received_hash(received))
+    content = RecordDict({"metrics": metrics, SITE_RECORD: site})
     return Message(content=content, reply_to=msg)

@@ -54,6 +54,11 @@ class RunSettings:
     dp_clip: float = 0.0
     dp_epsilon: float = 1.0
     dp_delta: float = 1e-5
+    # One message exchange per site and round: round r's train message also asks the site to
+    # evaluate the model it brings (round r-1's aggregate) before training; the last aggregate
+    # gets one evaluate-only exchange at the end. False: a separate evaluate message after every
+    # round's aggregation (two exchanges per round). Metrics are the same either way.
+    evaluate_with_train: bool = True
     # Where the ServerApp writes checkpoints and the run log ("" = do not persist).
     run_dir: str = ""
 

@@ -2,8 +2,14 @@
 
 Each line names the round, the SHA-256 of the global model it produced, the sites that took
 part (and those that dropped out), per-site and global metrics, and the privacy settings in
-force. Appending whole lines with a flush + fsync means a crash loses at most the line being
-written; a reader skips a torn last line.
+force. Every metric on a line is of *that line's* model: each site reports the SHA-256 of the
+model it evaluated (``site_metrics[site]["evaluate"]["model_sha256"]``), and ``evaluation``
+says which exchange carried the evaluation (``next-train-message``: round r+1's train messages,
+``final-evaluate-message``: the evaluate-only exchange after the last round,
+``evaluate-message``: a separate evaluate message right after aggregation). A line is written
+once its evaluation is in, so with evaluation riding on the next round's train messages line r
+is written during round r+1. Appending whole lines with a flush + fsync means a crash loses at
+most the line being written; a reader skips a torn last line.
 """
 
 from __future__ import annotations
@@ -33,6 +39,12 @@ class RoundRecord:
     privacy: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
     finished_at: float = 0.0
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RoundRecord:
+        """A record read back from the log or a checkpoint (unknown keys are refused)."""
+        return cls(**data)
 
 
 def json_safe(value: Any) -> Any:

@@ -1,9 +1,14 @@
 """The pacsmesh ServerApp: the consortium's round loop.
 
 Each round: sample the connected sites, send them the global model, aggregate their replies with
-the configured strategy (optionally under SecAgg+), have every site score the new model on its
-own validation split, then write the run-log line (model SHA-256, participants, metrics) and a
-checkpoint. A restarted ServerApp with the same run dir resumes after the last checkpoint.
+the configured strategy (optionally under SecAgg+) and checkpoint the new model. Every site
+scores each global model on its own validation split: by default in the *next* round's train
+message, before training on it (one exchange per site and round; the last model gets one
+evaluate-only exchange at the end), or with ``evaluate-with-train = false`` in a separate
+evaluate message right after aggregation. A round's run-log line (model SHA-256, participants,
+that model's metrics) is written once its evaluation is in; until then the record rides in the
+round's checkpoint. A restarted ServerApp with the same run dir resumes after the last
+checkpoint and logs every round exactly once.
 Sites that fail or vanish mid-round are left out of that round's aggregate; the round fails only
 when fewer than ``min-train-nodes`` sites reply.
 
@@ -19,8 +24,8 @@ import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from logging import INFO
+from dataclasses import asdict, dataclass, field
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +38,9 @@ from federated.checkpoints import Checkpoint, CheckpointStore
 from federated.packing import LAYOUT_CONFIG_KEY, Layout
 from federated.polling import PromptGrid
 from federated.run_config import RunSettings
-from federated.run_log import RoundRecord, RunLog
+from federated.run_log import RoundRecord, RunLog, json_safe
 from federated.strategies import build_strategy
-from federated.strategies.base import SiteReport
+from federated.strategies.base import EVALUATE_FIRST_KEY, SiteReport, split_eval_report
 from federated.strategies.secagg import secagg_train_round
 
 app = ServerApp()
@@ -124,13 +129,17 @@ def run_federation(
 
     arrays = initial_arrays(run)
     start = 0
+    # The record of the newest model while its evaluation is still to come.
+    pending: RoundRecord | None = None
     latest = store.latest() if store else None
     if latest is not None:
         arrays = _arrays_from_checkpoint(latest, arrays)
         start = latest.server_round
+        pending = _pending_after_restart(latest, run_log)
         log(INFO, "Resuming after round %d (model %s)", start, latest.model_hash[:12])
     if run_log is not None:
-        run_log.truncate_after(start)
+        # Keep exactly the lines whose evaluation is in; an unfinished round is logged again.
+        run_log.truncate_after(start if pending is None else start - 1)
 
     strategy = build_strategy(run)
     layout = model_layout(arrays)
@@ -139,7 +148,50 @@ def run_federation(
     packed: ArrayRecord | None = None
     site_names: dict[int, str] = {}
     result = FederationResult(run_id=run_id, resumed_from=start, final_arrays=arrays)
+
+    def finish(record: RoundRecord, reports: list[SiteReport], carried_by: str) -> None:
+        """Log a round once its model's evaluation is in (metrics of ``record``'s model only)."""
+        _complete(record, reports, carried_by)
+        if run_log is not None:
+            run_log.append(record)
+        result.rounds.append(record)
+        log(
+            INFO,
+            "Round %d: sites %s, macro AUROC %.3f, model %s",
+            record.server_round,
+            ",".join(record.participants),
+            record.global_metrics.get("auroc_macro") or float("nan"),
+            record.model_sha256[:12],
+        )
+        if on_round is not None:
+            on_round(record)
+
+    def evaluate_exchange(server_round: int) -> tuple[list[SiteReport], float]:
+        """A separate evaluate-only exchange of the current global model."""
+        nonlocal packed
+        started = time.perf_counter()
+        if packed is None:
+            packed = pack_record(layout, arrays)
+        messages = strategy.configure_evaluate(
+            server_round,
+            packed,
+            ConfigRecord({LAYOUT_CONFIG_KEY: layout.digest()}),
+            grid,
+        )
+        replies = grid.send_and_receive(messages, timeout=run.round_timeout)
+        strategy.aggregate_evaluate(server_round, replies)
+        return strategy.last_evaluate_reports, time.perf_counter() - started
+
     for server_round in range(start + 1, run.num_server_rounds + 1):
+        if pending is not None and not run.evaluate_with_train:
+            # Resumed with the switch off: the checkpointed model still awaits its evaluation.
+            reports, seconds = evaluate_exchange(pending.server_round)
+            pending.timing["evaluate_s"] = seconds
+            finish(pending, reports, EVALUATED_SEPARATELY)
+            pending = None
+        # The train messages also carry "evaluate the model you receive": that model is the
+        # previous round's aggregate, whose record is ``pending``.
+        evaluate_first = pending is not None
         started = time.perf_counter()
         train_config = ConfigRecord(
             {
@@ -149,6 +201,8 @@ def run_federation(
                 LAYOUT_CONFIG_KEY: layout.digest(),
             }
         )
+        if evaluate_first:
+            train_config[EVALUATE_FIRST_KEY] = True
         if run.secagg:
             node_ids = _sample(grid, run)
             if run.strategy == "fedprox":
@@ -184,27 +238,22 @@ def run_federation(
             # that dropped out are those sent a message that sent no result back.
             sent = {m.metadata.dst_node_id for m in messages}
             failed_ids = sorted(sent - {r.node_id for r in train_reports})
+        trained = time.perf_counter()
+        split = [split_eval_report(r) for r in train_reports]
+        train_reports = [t for t, _ in split]
         if new_arrays is None or len(train_reports) < run.min_train_nodes:
+            # The previous model stays pending in its checkpoint: a resumed run evaluates it
+            # again rather than log a round that most sites never scored.
             raise RoundFailedError(
                 f"round {server_round}: {len(train_reports)} site(s) replied, "
                 f"{run.min_train_nodes} needed"
             )
+        if pending is not None:
+            pending.timing["next_train_s"] = trained - started
+            finish(pending, [e for _, e in split if e is not None], EVALUATED_WITH_NEXT_TRAIN)
+            pending = None
         arrays, packed = new_arrays, new_packed
-        trained = time.perf_counter()
         site_names.update({r.node_id: r.site_id for r in train_reports})
-
-        if packed is None:
-            packed = pack_record(layout, arrays)
-        eval_messages = strategy.configure_evaluate(
-            server_round,
-            packed,
-            ConfigRecord({LAYOUT_CONFIG_KEY: layout.digest()}),
-            grid,
-        )
-        eval_replies = grid.send_and_receive(eval_messages, timeout=run.round_timeout)
-        strategy.aggregate_evaluate(server_round, eval_replies)
-        eval_reports = strategy.last_evaluate_reports
-        finished = time.perf_counter()
 
         record = RoundRecord(
             run_id=run_id,
@@ -214,37 +263,93 @@ def run_federation(
             model_sha256=arrays_hash(arrays),
             participants=[r.site_id for r in train_reports],
             dropped=[site_names.get(n, f"node-{n}") for n in failed_ids],
-            site_metrics=_site_metrics(train_reports, eval_reports),
-            global_metrics=global_metrics(eval_reports),
+            site_metrics={r.site_id: {"train": dict(r.metrics)} for r in train_reports},
+            global_metrics={},
             privacy=_privacy(run, train_reports),
-            timing={"train_s": trained - started, "evaluate_s": finished - trained},
-            finished_at=time.time(),
+            timing={"train_s": trained - started},
         )
-        # Log line first, checkpoint second: on resume the log is cut back to the last
-        # checkpoint, so the two always agree.
-        if run_log is not None:
-            run_log.append(record)
+        if run.evaluate_with_train:
+            pending = record
+        else:
+            reports, seconds = evaluate_exchange(server_round)
+            record.timing["evaluate_s"] = seconds
+            # Log line first, checkpoint second: on resume the log is cut back to the last
+            # checkpoint, so the two always agree.
+            finish(record, reports, EVALUATED_SEPARATELY)
         if store is not None:
             store.save(
                 Checkpoint(
                     server_round=server_round,
                     arrays={k: v.numpy() for k, v in arrays.items()},
                     model_hash=record.model_sha256,
+                    pending=_pending_json(pending),
                 )
             )
-        result.rounds.append(record)
         result.final_arrays = arrays
+    if pending is not None:
+        # The last aggregate has no next round to ride on: one evaluate-only exchange.
+        reports, seconds = evaluate_exchange(pending.server_round)
+        pending.timing["evaluate_s"] = seconds
+        finish(pending, reports, EVALUATED_FINALLY)
+    return result
+
+
+# How a round's evaluation reached the server (``RoundRecord.evaluation["carried_by"]``).
+EVALUATED_WITH_NEXT_TRAIN = "next-train-message"
+EVALUATED_FINALLY = "final-evaluate-message"
+EVALUATED_SEPARATELY = "evaluate-message"
+
+
+def _complete(record: RoundRecord, reports: list[SiteReport], carried_by: str) -> None:
+    """Fill in a round's evaluation from sites' reports about *its* model.
+
+    A report about any other model (the site's hash differs) is left out and logged: a metric
+    must never be recorded against a model it was not computed on.
+    """
+    mine = [r for r in reports if r.evaluated_model == record.model_sha256]
+    for other in (r for r in reports if r.evaluated_model != record.model_sha256):
         log(
-            INFO,
-            "Round %d: sites %s, macro AUROC %.3f, model %s",
-            server_round,
-            ",".join(record.participants),
-            record.global_metrics.get("auroc_macro") or float("nan"),
+            WARNING,
+            "Round %d: %s evaluated model %s, not %s; its metrics are left out",
+            record.server_round,
+            other.site_id,
+            other.evaluated_model[:12] or "(unknown)",
             record.model_sha256[:12],
         )
-        if on_round is not None:
-            on_round(record)
-    return result
+    for site, metrics in _site_metrics(mine).items():
+        record.site_metrics.setdefault(site, {})["evaluate"] = metrics
+    record.global_metrics = global_metrics(mine)
+    record.evaluation = {
+        "model_sha256": record.model_sha256,
+        "carried_by": carried_by,
+        "sites": sorted(r.site_id for r in mine),
+    }
+    record.finished_at = time.time()
+
+
+def _pending_json(pending: RoundRecord | None) -> str:
+    if pending is None:
+        return ""
+    return json.dumps(json_safe(asdict(pending)), sort_keys=True, allow_nan=False)
+
+
+def _pending_after_restart(latest: Checkpoint, run_log: RunLog | None) -> RoundRecord | None:
+    """The checkpointed round's record if its evaluation never reached the log.
+
+    The log line of round r is written (during round r+1's exchange, or the final one) before
+    anything later is checkpointed; a crash between that line and the next checkpoint leaves the
+    line in place, and it must not be written twice.
+    """
+    if not latest.pending:
+        return None
+    if run_log is not None:
+        for line in run_log.records():
+            if (
+                line.get("server_round") == latest.server_round
+                and line.get("model_sha256") == latest.model_hash
+            ):
+                return None
+    return RoundRecord.from_json(json.loads(latest.pending))
 
 
 def _sample(grid: Grid, run: RunSettings) -> list[int]:
@@ -299,15 +404,12 @@ def _run_id(run_dir: Path | None) -> str:
     return run_id
 
 
-def _site_metrics(
-    train_reports: list[SiteReport], eval_reports: list[SiteReport]
-) -> dict[str, dict[str, Any]]:
+def _site_metrics(eval_reports: list[SiteReport]) -> dict[str, dict[str, Any]]:
     sites: dict[str, dict[str, Any]] = {}
-    for report in train_reports:
-        sites.setdefault(report.site_id, {})["train"] = dict(report.metrics)
     for report in eval_reports:
         metrics = dict(report.metrics)
-        sites.setdefault(report.site_id, {})["evaluate"] = {
+        sites[report.site_id] = {
+            "model_sha256": report.evaluated_model,
             "num_examples": metrics.get("num-examples"),
             "loss": metrics.get("loss"),
             "auroc_macro": metrics.get("auroc-macro"),

@@ -15,6 +15,15 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 
 SITE_RECORD = "site"
+# The SHA-256 of the global model a site evaluated, as the site computed it from what it received
+# (in the ``site`` ConfigRecord, or the FitRes metrics under SecAgg+): ties each metric to a model.
+EVALUATED_MODEL_KEY = "evaluated-model"
+# A train reply that also evaluated the model it brought carries the evaluation's metrics in the
+# same MetricRecord under this prefix, flattened to scalars (legacy FitRes metrics under SecAgg+
+# take no lists): ``eval-loss``, ``eval-auroc-0`` .. ``eval-auroc-8``, ...
+EVAL_PREFIX = "eval-"
+# Train config flag: evaluate the received model on the validation split before training it.
+EVALUATE_FIRST_KEY = "evaluate-first"
 
 
 @dataclass
@@ -24,6 +33,39 @@ class SiteReport:
     site_id: str
     node_id: int
     metrics: dict[str, Any] = field(default_factory=dict)
+    evaluated_model: str = ""
+
+
+def flatten_eval_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation's metrics as ``eval-`` scalars, to ride in a train reply."""
+    flat: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, list | tuple):
+            flat |= {f"{EVAL_PREFIX}{key}-{i}": v for i, v in enumerate(value)}
+        else:
+            flat[EVAL_PREFIX + key] = value
+    return flat
+
+
+def split_eval_report(report: SiteReport) -> tuple[SiteReport, SiteReport | None]:
+    """Split a train reply's report into its training part and the evaluation it carried."""
+    train = {k: v for k, v in report.metrics.items() if not k.startswith(EVAL_PREFIX)}
+    flat = {
+        k[len(EVAL_PREFIX) :]: v for k, v in report.metrics.items() if k.startswith(EVAL_PREFIX)
+    }
+    trained = SiteReport(report.site_id, report.node_id, train)
+    if not flat:
+        return trained, None
+    lists: dict[str, dict[int, Any]] = {}
+    scalars: dict[str, Any] = {}
+    for key, value in flat.items():
+        stem, _, index = key.rpartition("-")
+        if stem and index.isdigit():
+            lists.setdefault(stem, {})[int(index)] = value
+        else:
+            scalars[key] = value
+    scalars |= {k: [v[i] for i in sorted(v)] for k, v in lists.items()}
+    return trained, SiteReport(report.site_id, report.node_id, scalars, report.evaluated_model)
 
 
 def site_reports(replies: Iterable[Message]) -> tuple[list[SiteReport], list[int]]:
@@ -44,6 +86,7 @@ def site_reports(replies: Iterable[Message]) -> tuple[list[SiteReport], list[int
                 site_id=str(site.get("site-id", f"node-{msg.metadata.src_node_id}")),
                 node_id=msg.metadata.src_node_id,
                 metrics=metrics,
+                evaluated_model=str(site.get(EVALUATED_MODEL_KEY, "")),
             )
         )
     reports.sort(key=lambda r: r.site_id)

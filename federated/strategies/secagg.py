@@ -47,7 +47,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
 from federated.packing import Layout
-from federated.strategies.base import SiteReport
+from federated.strategies.base import EVALUATED_MODEL_KEY, SiteReport
 
 
 def optional_secaggplus_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
@@ -182,8 +182,11 @@ def secagg_train_round(
         SiteReport(
             site_id=str(fitres.metrics.get("site-id", f"node-{_node_id(proxy)}")),
             node_id=_node_id(proxy),
-            metrics={k: v for k, v in fitres.metrics.items() if k != "site-id"}
+            metrics={
+                k: v for k, v in fitres.metrics.items() if k not in ("site-id", EVALUATED_MODEL_KEY)
+            }
             | {"num-examples": fitres.num_examples},
+            evaluated_model=str(fitres.metrics.get(EVALUATED_MODEL_KEY, "")),
         )
         for proxy, fitres in adapter.results
     ]

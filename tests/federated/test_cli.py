@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from federated.cli import federated_app
@@ -41,6 +42,21 @@ def test_synth_then_simulate_prints_rounds_and_json(tmp_path: Path) -> None:
     assert document["sites"] == ["site-1", "site-2", "site-3"]
     assert document["final"]["participants"] == ["site-1", "site-2", "site-3"]
     assert len(document["final"]["model_sha256"]) == 64
+    assert document["final"]["evaluation"]["carried_by"] == "final-evaluate-message"
+
+    separate = runner.invoke(
+        federated_app,
+        ["simulate", "--data", str(data), "--rounds", "1", "--image-size", "32", "--json",
+         "--separate-evaluate"],
+    )  # fmt: skip
+    assert separate.exit_code == 0, separate.output
+    final = json.loads(separate.stdout)["final"]
+    # The same training, its model evaluated by a separate evaluate message after aggregation.
+    assert final["evaluation"]["carried_by"] == "evaluate-message"
+    assert final["evaluation"]["sites"] == ["site-1", "site-2", "site-3"]
+    assert final["global_metrics"]["loss"] == pytest.approx(
+        document["final"]["global_metrics"]["loss"], rel=1e-4
+    )
 
 
 def test_bad_input_gives_a_message_and_an_exit_code_not_a_traceback(tmp_path: Path) -> None:

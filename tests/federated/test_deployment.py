@@ -169,7 +169,10 @@ def test_tls_authenticated_consortium_survives_a_killed_site(
     runner = threading.Thread(target=submit, daemon=True)
     runner.start()
     log_path = run_dir / "run-log.jsonl"
-    wait_for(lambda: log_path.exists() and log_path.read_text().strip(), 300, "round 1")
+    # Round 1 is done once its model is checkpointed (its run-log line follows with round 2's
+    # replies, which carry the sites' evaluation of it).
+    first = run_dir / "checkpoints" / "round-0001.npz"
+    wait_for(first.exists, 300, "round 1")
     stop(nodes["site-3"], signal.SIGKILL)
     runner.join(timeout=400)
     for proc in processes:
@@ -183,6 +186,9 @@ def test_tls_authenticated_consortium_survives_a_killed_site(
     assert len(rounds[1]["model_sha256"]) == 64
     assert rounds[1]["dropped"] == ["site-3"]
     assert rounds[1]["global_metrics"]["num_sites"] == 2
+    # Round 1's model was scored in round 2's train messages, which site-3 never answered.
+    assert rounds[0]["evaluation"]["sites"] == ["site-1", "site-2"]
+    assert rounds[1]["evaluation"]["carried_by"] == "final-evaluate-message"
     # The unregistered SuperNode never got in: the SuperLink refused it until it gave up, and
     # the consortium only ever listed the three registered keys.
     wait_for(lambda: stranger.popen.poll() is not None, 60, "the stranger to give up")
