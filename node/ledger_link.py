@@ -17,7 +17,7 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 
 from ledger.chain import Chain, connect
-from ledger.consent import ConsentClient
+from ledger.consent import ConsentCache, ConsentClient
 from ledger.consortium import ConsortiumClient
 from ledger.deploy import DEPLOYMENT_FILE, Deployment, check_deployment, load_deployment
 from ledger.errors import ChainUnavailableError, LedgerError
@@ -27,7 +27,6 @@ from node.services.consent_errors import (
     LedgerRefusedError,
     LedgerUnavailableError,
 )
-from node.services.consent_index import ConsentIndex
 from node.settings import NodeSettings
 
 log = logging.getLogger("pacsmesh.ledger")
@@ -42,7 +41,7 @@ class LedgerLink:
     chain: Chain
     deployment: Deployment
     consent: ConsentClient
-    cache: ConsentIndex
+    cache: ConsentCache
     consortium: ConsortiumClient
     _hospital_ids: dict[str, tuple[float, str]] = field(default_factory=dict, repr=False)
 
@@ -151,7 +150,7 @@ def open_ledger(settings: NodeSettings) -> LedgerLink | None:
         raise LedgerConfigError(f"ledger: {exc}") from None
     try:
         check_deployment(chain, deployment)
-        cache = ConsentIndex(
+        cache = ConsentCache(
             chain, deployment, max_age_seconds=settings.ledger_consent_max_age_seconds
         )
         cache.sync()  # a first answer before the node takes requests

@@ -82,7 +82,7 @@ class ConsentDecisions:
         if requester == self.link.account.lower():
             return Decision(True, None, self.link.cache.synced_block, 0.0, local=True)
         with ledger_errors():
-            answer = self.link.cache.decide(patient, requester, purpose, study_hash(study_uid))
+            answer = self.link.cache.check(patient, requester, purpose, study_hash(study_uid))
         ref = None if answer.consent_ref is None else "0x" + answer.consent_ref.hex()
         return Decision(answer.permitted, ref, answer.synced_block, answer.age_seconds)
 

@@ -17,9 +17,8 @@ from typing import Any, Final, cast
 
 from sqlalchemy import Connection, Table, select
 
-from ledger.consent import ALL_MEMBERS, ALL_STUDIES, Purpose, study_hash
+from ledger.consent import ALL_MEMBERS, ALL_STUDIES, ConsentCache, GrantState, Purpose, study_hash
 from node.errors import InvalidRequestError, NotFoundError
-from node.services.consent_index import ConsentIndex, GrantState
 from node.services.fhir_patients import patient_mrn, patient_reference
 from node.services.fhir_search import (
     Page,
@@ -180,7 +179,7 @@ class ConsentView:
     """Builds Consent resources for the node's linked patients from the consent index."""
 
     def __init__(
-        self, index: ConsentIndex, member_name: MemberName, registry: str, chain_id: int
+        self, index: ConsentCache, member_name: MemberName, registry: str, chain_id: int
     ) -> None:
         self.index = index
         self.member_name = member_name

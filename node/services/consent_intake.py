@@ -25,13 +25,13 @@ from ledger.consent import (
     DOMAIN_VERSION,
     ConsentRequest,
     Grant,
+    GrantState,
     Purpose,
     SignedConsent,
     recover_signer,
 )
 from node.errors import ConflictError, ForbiddenError, InvalidRequestError, NotFoundError
 from node.services.consent_errors import ledger_errors
-from node.services.consent_index import GrantState
 from node.services.fhir_patients import patient_mrn
 from node.services.fhir_search import reference_id
 from node.services.patient_links import linked_record

@@ -11,10 +11,12 @@ from eth_account import Account
 from ledger.chain import Chain, connect
 from ledger.consent import (
     ALL_MEMBERS,
+    ALL_STUDIES,
     ConsentCache,
     ConsentCacheStaleError,
     ConsentClient,
     Purpose,
+    consent_ref,
     study_hash,
 )
 from ledger.consortium import ProposalKind
@@ -151,3 +153,28 @@ def test_cache_drops_a_grant_that_a_reorg_removed(anvil: Anvil, tmp_path: Path) 
     cache.sync()
     assert cache.rebuilds == 1
     assert not cache.check(patient.address, node.address, Purpose.TREATMENT).permitted
+
+
+def test_check_names_the_most_specific_grant_and_revocations_stay_visible() -> None:
+    patient, member = Account.create().address, Account.create().address
+    cache = ConsentCache(None, None)
+    cache.apply_member(member, True)
+    cache.apply_grant(patient, ALL_MEMBERS, int(Purpose.RESEARCH), ALL_STUDIES, 0, 0)
+    cache.apply_grant(patient, member, int(Purpose.RESEARCH), STUDY, 0, 0)
+    cache.mark_synced(7)
+
+    decision = cache.check(patient, member, Purpose.RESEARCH, STUDY)
+    assert decision.permitted
+    assert decision.consent_ref == consent_ref(patient, member, Purpose.RESEARCH, STUDY)
+
+    cache.apply_revoke(patient, member, int(Purpose.RESEARCH), STUDY)
+    decision = cache.check(patient, member, Purpose.RESEARCH, STUDY)
+    # The grant to every member still permits, and is now the one named.
+    assert decision.consent_ref == consent_ref(patient, ALL_MEMBERS, Purpose.RESEARCH, ALL_STUDIES)
+    states = {(s.grant.grantee.lower(), s.revoked) for s in cache.states_of(patient)}
+    assert states == {(ALL_MEMBERS, False), (member.lower(), True)}
+
+    # Granting the same key again replaces the revocation.
+    cache.apply_grant(patient, member, int(Purpose.RESEARCH), STUDY, 0, 0)
+    assert all(not s.revoked for s in cache.states_of(patient))
+    assert not cache.check(patient, member, Purpose.TREATMENT, STUDY).permitted
