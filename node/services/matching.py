@@ -150,18 +150,7 @@ def order_payload(conn: Connection, order: dict[str, Any], study_uid: str) -> di
         "accession_number": order["accession_number"],
         "study_uid": study_uid,
         "patient": patient.as_payload(),
-        "order": {
-            key: order[key]
-            for key in (
-                "placer_order_number",
-                "filler_order_number",
-                "procedure_code",
-                "procedure_code_system",
-                "procedure_code_meaning",
-                "requested_procedure_description",
-                "modality",
-            )
-        },
+        "order": outbox.order_facts(order),
     }
 
 

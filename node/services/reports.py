@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from node.errors import ConflictError, NodeError, NotFoundError
 from node.services import outbox
+from node.services.patients import PatientData
 from node.storage.index import Study
 from node.storage.workflow_index import ImagingOrder, Patient, Report, ReportVersion
 
@@ -233,40 +234,25 @@ def report_payload(conn: Connection, report_key: int) -> dict[str, Any]:
     patients = conn.execute(patient_stmt.limit(2)).all()
     if len(patients) == 1:
         p = patients[0]
-        patient = {
-            "mrn": p.mrn,
-            "issuer": p.issuer,
-            "name": p.name,
-            "birth_date": p.birth_date,
-            "sex": p.sex,
-        }
+        patient = PatientData(p.mrn, p.issuer, p.name, p.birth_date, p.sex)
     else:
         # No ADT for this patient (or an ambiguous MRN): the study's own header values.
         study = conn.execute(select(STUDY_T).where(STUDY_T.c.study_uid == report.study_uid)).first()
-        patient = {
-            "mrn": report.patient_mrn,
-            "issuer": issuer or "",
-            "name": study.patient_name if study else None,
-            "birth_date": study.patient_birth_date if study else None,
-            "sex": study.patient_sex if study else None,
-        }
-    order_fields = (
-        "placer_order_number",
-        "filler_order_number",
-        "procedure_code",
-        "procedure_code_system",
-        "procedure_code_meaning",
-        "requested_procedure_description",
-        "modality",
-    )
+        patient = PatientData(
+            report.patient_mrn,
+            issuer or "",
+            study.patient_name if study else None,
+            study.patient_birth_date if study else None,
+            study.patient_sex if study else None,
+        )
     issued = report.issued
     if issued is not None and issued.tzinfo is None:
         issued = issued.replace(tzinfo=UTC)
     return {
         "accession_number": report.accession_number,
         "study_uid": report.study_uid,
-        "patient": patient,
-        "order": {f: (getattr(order, f) if order is not None else None) for f in order_fields},
+        "patient": patient.as_payload(),
+        "order": outbox.order_facts(order._mapping if order is not None else None),
         "report": {
             "report_key": report.report_key,
             "version": report.version,
