@@ -10,15 +10,13 @@ studies and are left alone."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, and_, exists, or_, select, update
+from sqlalchemy import Connection, Engine, Table, and_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from node.errors import ConflictError, NotFoundError
 from node.services import outbox
@@ -29,7 +27,6 @@ from node.storage.workflow_index import ReconciliationItem
 
 RECONCILIATION: Table = ReconciliationItem.__table__  # type: ignore[attr-defined]
 STUDY: Table = Study.__table__  # type: ignore[attr-defined]
-log = logging.getLogger("pacsmesh.matching")
 
 
 @dataclass(frozen=True)
@@ -45,55 +42,18 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def match_stored_study(
-    engine: Engine, study_uid: str, accession_number: str | None, patient_id: str | None
+def match_new_study(
+    conn: Connection, study_uid: str, accession_number: str | None, patient_id: str | None
 ) -> MatchOutcome | None:
-    """Called by the store service after an instance is indexed; idempotent per study.
+    """Match a study to its order, in the transaction that indexes its first instance.
 
-    Returns None when there is nothing to do (no accession number, or the study was already
-    matched or queued by an earlier instance)."""
+    One transaction: the study, its order's completion (or its place in the reconciliation
+    queue) and the order-status message are durable together, and a study is matched exactly
+    once — only the instance that created the study row gets here. Returns None when there
+    is nothing to do (no accession number: not an ordered study)."""
     if not accession_number:
         return None
-    with engine.connect() as conn:
-        if _already_handled(conn, study_uid):
-            return None
-    for attempt in range(3):
-        try:
-            with engine.begin() as conn:
-                return _match(conn, study_uid, accession_number, patient_id)
-        except OperationalError:
-            # SQLite: a concurrent writer made this transaction's snapshot stale
-            # (SQLITE_BUSY_SNAPSHOT); it was rolled back and is safe to run again.
-            if attempt == 2:
-                raise
-    return None
-
-
-def match_after_store(engine: Engine, study: dict[str, Any]) -> None:
-    """The store service's hook, after an instance's index commit.
-
-    The instance is already durable and acknowledged; a database failure here must not turn
-    its store into a failure. The next instance of the study tries again (matching is
-    idempotent), and the admin sees an unmatched order meanwhile."""
-    try:
-        match_stored_study(
-            engine, study["study_uid"], study.get("accession_number"), study.get("patient_id")
-        )
-    except SQLAlchemyError as exc:
-        log.error("matching a stored study to its order failed: %s", type(exc).__name__)
-
-
-def _already_handled(conn: Connection, study_uid: str) -> bool:
-    return bool(
-        conn.execute(
-            select(
-                or_(
-                    exists().where(ORDER.c.matched_study_uid == study_uid),
-                    exists().where(RECONCILIATION.c.study_uid == study_uid),
-                )
-            )
-        ).scalar()
-    )
+    return _match(conn, study_uid, accession_number, patient_id)
 
 
 def _match(

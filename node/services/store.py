@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from node.dicom.part10 import Part10Error, Part10Scanner
 from node.services.archive import Archive
-from node.services.matching import match_after_store
+from node.services.matching import match_new_study
 from node.storage import records
 from node.storage.blobs import PendingBlob
 from node.storage.crypto import blob_aad, seal
@@ -339,7 +339,10 @@ class InstanceIngest:
         )
         try:
             with archive.engine.begin() as conn:
-                records.insert_instance(conn, study, series, instance)
+                if records.insert_instance(conn, study, series, instance):
+                    match_new_study(
+                        conn, study["study_uid"], study["accession_number"], study["patient_id"]
+                    )
         except IntegrityError:
             # A concurrent store of the same SOP Instance UID won the race.
             archive.blobs.delete(blob_name)
@@ -351,7 +354,6 @@ class InstanceIngest:
         except BaseException:
             archive.blobs.delete(blob_name)
             raise
-        match_after_store(archive.engine, study)
         return result
 
     def _duplicate(

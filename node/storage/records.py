@@ -130,8 +130,10 @@ def _insert_statements(dialect: str) -> tuple[Any, Any, Any, Any, Any]:
 
 def insert_instance(
     conn: Connection, study: dict[str, Any], series: dict[str, Any], instance: dict[str, Any]
-) -> None:
-    """Index one new instance, creating its study and series rows and keeping counters."""
+) -> bool:
+    """Index one new instance, creating its study and series rows and keeping counters.
+
+    Returns True when this instance created its study (the study's first instance)."""
     study_uid = study["study_uid"]
     add_study, add_series, add_instance, count_series, count_study = _insert_statements(
         conn.dialect.name
@@ -142,7 +144,7 @@ def insert_instance(
     conn.execute(count_series, {"b_series_uid": series["series_uid"]})
     if created_series is None:
         conn.execute(count_study, {"b_study_uid": study_uid})
-        return
+        return created_study is not None
     changes: dict[str, Any] = {
         "number_of_instances": STUDY.c.number_of_instances + 1,
         "number_of_series": STUDY.c.number_of_series + 1,
@@ -153,6 +155,7 @@ def insert_instance(
         merged = sorted(set(filter(None, current.split("\\"))) | {modality})
         changes["modalities_in_study"] = "\\".join(merged)
     conn.execute(update(STUDY).where(STUDY.c.study_uid == study_uid).values(**changes))
+    return created_study is not None
 
 
 def _modalities(conn: Connection, study_uid: str) -> str:
