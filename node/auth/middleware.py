@@ -65,7 +65,7 @@ class RouteRule:
 
 
 # Clinical FHIR types: staff read them (`user/`), a patient reads them only inside their own
-# compartment (`patient/`; the read and search interactions filter, node.services.fhir_compartment).
+# compartment (`patient/`; the read and search interactions filter, node.fhir.compartment).
 _FHIR_CLINICAL = ("Patient", "ServiceRequest", "ImagingStudy", "DiagnosticReport", "Observation")
 _ADMIN = frozenset({"admin"})
 

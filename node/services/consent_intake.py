@@ -31,9 +31,9 @@ from ledger.consent import (
     recover_signer,
 )
 from node.errors import ConflictError, ForbiddenError, InvalidRequestError, NotFoundError
+from node.fhir.patients import patient_mrn
+from node.fhir.search import reference_id
 from node.services.consent_errors import ledger_errors
-from node.services.fhir_patients import patient_mrn
-from node.services.fhir_search import reference_id
 from node.services.patient_links import linked_record
 
 if TYPE_CHECKING:

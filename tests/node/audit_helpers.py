@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from ledger import merkle
-from node.services.audit_fhir import PROOF_URL
+from node.fhir.audit_events import PROOF_URL
 from tests.node.fhir_helpers import validate
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from ledger import merkle
 from ledger.anchor import AuditAnchorClient
 from ledger.audit_events import Action, EntityKind, EventType, Outcome, ParticipantRole
+from node.fhir.audit_events import TreeHead, audit_event_resource
+from node.fhir.audit_search import Hit
 from node.services.audit import Actor, NodeAudit, start_anchoring
-from node.services.audit_fhir import TreeHead, audit_event_resource
-from node.services.audit_search import Hit
 from tests.ledger.conftest import ChainEnv, anvil, env  # noqa: F401  (fixtures)
 from tests.node.audit_helpers import proof, verify_proof
 from tests.node.fhir_helpers import validate

@@ -15,9 +15,9 @@ import httpx
 
 from ledger.audit_events import uid_hash
 from ledger.audit_log import AuditLog
+from node.fhir.audit_search import AuditIndex
+from node.fhir.search import parse_search
 from node.services.audit import AUDIT_DB_FILE, NodeAudit
-from node.services.audit_search import AuditIndex
-from node.services.fhir_search import parse_search
 from node.storage.db import default_database_url, open_index
 from tests.node.conftest import start_node
 from tests.node.test_auth_node import ENV, PASSWORD, cli, cli_token, login

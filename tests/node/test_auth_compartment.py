@@ -11,7 +11,7 @@ import pytest
 
 from node.auth.policy import PatientBinding
 from node.auth.tokens import NodeTokens
-from node.services.fhir_orders import order_id
+from node.fhir.orders import order_id
 from tests.node.factories import make_ct
 from tests.node.fhir_helpers import FhirNode, serve_node
 

@@ -11,9 +11,9 @@ from eth_account import Account
 from ledger.chain import connect
 from ledger.consent import Purpose
 from ledger.keystore import ensure_node_account
+from node.fhir.consents import SEARCH_PARAMS
 from node.services.consent_decisions import ConsentDecisions
 from node.services.consent_errors import LedgerRefusedError
-from node.services.consent_fhir import SEARCH_PARAMS
 from node.services.patient_links import sign_link
 from tests.ledger.conftest import Anvil
 from tests.node.conftest import start_node

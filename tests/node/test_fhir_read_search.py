@@ -11,13 +11,11 @@ import httpx
 import pytest
 from pydicom.uid import generate_uid
 
-from node.services import (
-    fhir_imaging,
-    fhir_observations,
-    fhir_orders,
-    fhir_patients,
-    fhir_reports,
-)
+from node.fhir import imaging as fhir_imaging
+from node.fhir import observations as fhir_observations
+from node.fhir import orders as fhir_orders
+from node.fhir import patients as fhir_patients
+from node.fhir import reports as fhir_reports
 from tests.node.factories import CT_IMAGE_STORAGE, make_ct
 from tests.node.fhir_helpers import FhirNode, index_database, serve_node
 

@@ -16,10 +16,10 @@ from node.api.fhir.interactions import fhir_router
 from node.api.fhir.outcome import FhirResponse, fhir_base, lenient, resource_response
 from node.auth.policy import Principal
 from node.errors import ForbiddenError, NotFoundError
+from node.fhir.audit_events import TreeHead, audit_event_resource
+from node.fhir.audit_search import SEARCH_PARAMS, AuditIndex
+from node.fhir.search import Page, bundle, parse_search
 from node.services.audit import NodeAudit
-from node.services.audit_fhir import TreeHead, audit_event_resource
-from node.services.audit_search import SEARCH_PARAMS, AuditIndex
-from node.services.fhir_search import Page, bundle, parse_search
 
 router = fhir_router("AuditEvent")
 

@@ -2,7 +2,7 @@
 
 Consents exist only on a node connected to the ledger; without one every interaction here is
 503 with an OperationOutcome saying so. Translation only: the rules are in
-`node.services.consent_fhir` (resources) and `node.services.consent_intake` (verify, relay).
+`node.fhir.consents` (resources) and `node.services.consent_intake` (verify, relay).
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from node.api.fhir.outcome import (
 from node.auth.middleware import READ_METHODS, RouteRule
 from node.auth.policy import Principal
 from node.errors import ForbiddenError
+from node.fhir import consents as consent_fhir
+from node.fhir.search import bundle, parse_search
 from node.ledger_link import LedgerLink, ledger_of
-from node.services import consent_fhir, consent_intake
+from node.services import consent_intake
 from node.services.archive import Archive
 from node.services.consent_errors import ledger_errors
-from node.services.fhir_search import bundle, parse_search
 
 router = fhir_router("Consent")
 

@@ -24,9 +24,10 @@ from node.api.fhir.outcome import (
 from node.auth.deps import RequestPrincipal
 from node.auth.policy import Principal
 from node.errors import InvalidRequestError, NotFoundError
-from node.services import fhir_reports, reports
+from node.fhir import reports as fhir_reports
+from node.fhir.compartment import check_readable, compartment_of
+from node.services import reports
 from node.services.archive import Archive
-from node.services.fhir_compartment import check_readable, compartment_of
 
 router = fhir_router("DiagnosticReport")
 add_read_and_search(

@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from node.api.fhir.interactions import add_read_and_search, fhir_router
 from node.api.fhir.outcome import resource_response
 from node.errors import NotFoundError
-from node.services import fhir_imaging
+from node.fhir import imaging as fhir_imaging
 
 router = fhir_router("ImagingStudy")
 add_read_and_search(

@@ -19,8 +19,8 @@ from node.api.fhir.outcome import (
     resource_response,
 )
 from node.auth.deps import RequestPrincipal
-from node.services.fhir_compartment import check_readable, compartment_of, restrict_search
-from node.services.fhir_search import Page, SearchRequest, bundle, parse_search
+from node.fhir.compartment import check_readable, compartment_of, restrict_search
+from node.fhir.search import Page, SearchRequest, bundle, parse_search
 
 Reader = Callable[[Connection, str], dict[str, Any]]
 Searcher = Callable[[Connection, SearchRequest], Page]

@@ -13,16 +13,14 @@ from fastapi.responses import Response
 
 from node.api.fhir.interactions import fhir_router
 from node.api.fhir.outcome import FhirResponse
-from node.services import (
-    audit_search,
-    consent_fhir,
-    fhir_imaging,
-    fhir_observations,
-    fhir_orders,
-    fhir_patients,
-    fhir_reports,
-)
-from node.services.fhir_search import now_instant
+from node.fhir import audit_search
+from node.fhir import consents as consent_fhir
+from node.fhir import imaging as fhir_imaging
+from node.fhir import observations as fhir_observations
+from node.fhir import orders as fhir_orders
+from node.fhir import patients as fhir_patients
+from node.fhir import reports as fhir_reports
+from node.fhir.search import now_instant
 
 router = fhir_router("CapabilityStatement")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from node.api.fhir.interactions import add_read_and_search, fhir_router
-from node.services import fhir_observations
+from node.fhir import observations as fhir_observations
 
 router = fhir_router("Observation")
 add_read_and_search(

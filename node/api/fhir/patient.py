@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from node.api.fhir.interactions import add_read_and_search, fhir_router
-from node.services import fhir_patients
+from node.fhir import patients as fhir_patients
 
 router = fhir_router("Patient")
 add_read_and_search(

@@ -24,12 +24,12 @@ from node.api.fhir.interactions import fhir_router
 from node.api.fhir.outcome import FhirResponse, require_json_body
 from node.auth.policy import Principal
 from node.errors import ForbiddenError, InvalidRequestError, NotFoundError
+from node.fhir.patients import patient_mrn
+from node.fhir.search import fhir_instant
 from node.ledger_link import LedgerLink, ledger_of
 from node.services import patient_links
 from node.services.archive import Archive
 from node.services.consent_errors import LedgerUnavailableError
-from node.services.fhir_patients import patient_mrn
-from node.services.fhir_search import fhir_instant
 
 router = fhir_router("Patient")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from node.api.fhir.interactions import add_read_and_search, fhir_router
-from node.services import fhir_orders
+from node.fhir import orders as fhir_orders
 
 router = fhir_router("ServiceRequest")
 add_read_and_search(

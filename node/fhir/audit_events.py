@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from ledger.audit_events import EventType
 from ledger.audit_log import AnchorRecord, AuditLog
-from node.services.audit_search import DCM, Hit, subtype_of
+from node.fhir.audit_search import DCM, Hit, subtype_of
 
 PROOF_URL: Final = "https://pacsmesh.org/fhir/StructureDefinition/audit-log-proof"
 ENTITY_SYSTEM: Final = "https://pacsmesh.org/fhir/audit-entity/"

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Table, select
 
 from node.auth.policy import Principal
 from node.errors import NotFoundError
-from node.services.fhir_search import SearchRequest
+from node.fhir.search import SearchRequest
 from node.storage.workflow_index import Patient
 
 PATIENT_T: Final = cast(Table, Patient.__table__)  # type: ignore[attr-defined]

@@ -17,10 +17,10 @@ from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Connection, false, or_, select
 
 from node.errors import InvalidRequestError, NotFoundError
-from node.services.fhir_imaging import STUDY_T
-from node.services.fhir_orders import accession_of, order_id
-from node.services.fhir_patients import patient_mrn, patient_reference
-from node.services.fhir_search import (
+from node.fhir.imaging import STUDY_T
+from node.fhir.orders import accession_of, order_id
+from node.fhir.patients import patient_mrn, patient_reference
+from node.fhir.search import (
     Page,
     SearchRequest,
     date_condition,

@@ -7,9 +7,9 @@ from typing import Any, Final, cast
 from sqlalchemy import ColumnElement, Connection, Table, false, or_, select
 
 from node.errors import NotFoundError
-from node.services.fhir_orders import code_system
-from node.services.fhir_patients import patient_mrn, patient_reference
-from node.services.fhir_search import (
+from node.fhir.orders import code_system
+from node.fhir.patients import patient_mrn, patient_reference
+from node.fhir.search import (
     Page,
     SearchRequest,
     fhir_instant,

@@ -14,9 +14,9 @@ from typing import Any, Final, cast
 from sqlalchemy import ColumnElement, Connection, Table, exists, false, or_, select, true
 
 from node.errors import NotFoundError
-from node.services.fhir_orders import DCM, ORDER_T, accession_of, order_id
-from node.services.fhir_patients import V2_0203, patient_mrn, patient_reference
-from node.services.fhir_search import (
+from node.fhir.orders import DCM, ORDER_T, accession_of, order_id
+from node.fhir.patients import V2_0203, patient_mrn, patient_reference
+from node.fhir.search import (
     FHIR_ID,
     Page,
     SearchRequest,

@@ -19,8 +19,8 @@ from sqlalchemy import Connection, Table, select
 
 from ledger.consent import ALL_MEMBERS, ALL_STUDIES, ConsentCache, GrantState, Purpose, study_hash
 from node.errors import InvalidRequestError, NotFoundError
-from node.services.fhir_patients import patient_mrn, patient_reference
-from node.services.fhir_search import (
+from node.fhir.patients import patient_mrn, patient_reference
+from node.fhir.search import (
     Page,
     SearchRequest,
     reference_id,

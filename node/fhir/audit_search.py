@@ -28,9 +28,9 @@ from sqlalchemy import Connection, Engine
 
 from ledger.audit_events import EventType, uid_hash
 from node.errors import InvalidRequestError
+from node.fhir.orders import order_id
+from node.fhir.search import SearchRequest, split_or, token
 from node.services.audit import NodeAudit, fhir_entities
-from node.services.fhir_orders import order_id
-from node.services.fhir_search import SearchRequest, split_or, token
 from node.storage.index import Study
 from node.storage.workflow_index import ImagingOrder, Patient
 

@@ -13,8 +13,8 @@ from typing import Any, Final, cast
 from sqlalchemy import ColumnElement, Connection, Table, false, or_, select
 
 from node.errors import NotFoundError
-from node.services.fhir_patients import V2_0203, patient_mrn, patient_reference
-from node.services.fhir_search import (
+from node.fhir.patients import V2_0203, patient_mrn, patient_reference
+from node.fhir.search import (
     Page,
     SearchRequest,
     date_condition,

@@ -8,7 +8,7 @@ from typing import Any, Final, cast
 from sqlalchemy import ColumnElement, Connection, Table, false, func, or_, select
 
 from node.errors import NotFoundError
-from node.services.fhir_search import (
+from node.fhir.search import (
     FHIR_ID,
     Page,
     SearchRequest,
