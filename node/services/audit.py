@@ -22,7 +22,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
 import threading
@@ -48,6 +47,7 @@ from ledger.audit_events import (
 )
 from ledger.audit_log import AuditLog
 from ledger.audit_recorder import AuditRecorder
+from node.storage.crypto import create_secret_file
 
 log = logging.getLogger("pacsmesh.audit")
 
@@ -187,22 +187,7 @@ def load_pseudonym_key(path: Path) -> bytes:
         if len(key) != 32:
             raise ValueError(f"the audit pseudonym key {path} is not 32 bytes")
         return key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(32)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, key)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # never replaces a key another process created meanwhile
-    except FileExistsError:
-        key = path.read_bytes()
-    finally:
-        tmp.unlink(missing_ok=True)
-    return key
+    return create_secret_file(path, secrets.token_bytes(32))
 
 
 def fhir_entities(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from node.storage.crypto import BlobReader, EncryptingWriter
+from node.storage.crypto import BlobReader, EncryptingWriter, fsync_dir
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class PendingBlob:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.temp_path, final)
         if self._store.fsync:
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         self.done = True
         return self.name
 
@@ -69,14 +69,6 @@ class PendingBlob:
             self._file.close()
             self.temp_path.unlink(missing_ok=True)
             self.done = True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlobStore:

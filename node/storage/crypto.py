@@ -91,10 +91,36 @@ def write_key_file(path: Path, key: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(path: Path) -> None:
+def create_secret_file(path: Path, data: bytes) -> bytes:
+    """Create a node secret once (a signing key, a pseudonym key) and return what the file holds.
+
+    Written with mode 0600 in a 0700 folder and fsynced, then hard-linked into place: never
+    seen half-written, never briefly readable by others, and never replacing a secret another
+    process created meanwhile (theirs wins, and both then use it).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+        fsync_dir(path.parent)
+    except FileExistsError:
+        data = path.read_bytes()
+    finally:
+        tmp.unlink()
+    return data
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

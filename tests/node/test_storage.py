@@ -24,6 +24,7 @@ from node.storage.crypto import (
     BlobReader,
     EncryptingWriter,
     blob_aad,
+    create_secret_file,
     new_key,
 )
 from tests.conftest import REPO_ROOT
@@ -218,3 +219,14 @@ def test_a_second_process_cannot_open_a_data_directory_in_use(tmp_path: Path) ->
     with pytest.raises(StorageError, match="in use"):
         Archive.open(_settings(tmp_path))
     archive.close()
+
+
+def test_a_secret_file_is_created_once_private_and_never_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "secret.key"
+    assert create_secret_file(path, b"first") == b"first"
+    # A second creator (another process racing the first) gets the existing secret.
+    assert create_secret_file(path, b"second") == b"first"
+    assert path.read_bytes() == b"first"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert [p.name for p in path.parent.iterdir()] == ["secret.key"]  # no temp file left
