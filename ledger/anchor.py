@@ -205,21 +205,52 @@ class AnchorWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._run_lock = threading.Lock()
+        # (block number, its hash, anchor transactions found canonical on the chain through it)
+        self._verified: tuple[int, bytes, frozenset[str]] | None = None
 
     def _anchored_size(self) -> int:
         return max((int(a.size) for a in self.log.anchors()), default=0)
 
     def check_reorgs(self) -> list[str]:
-        """Forget recorded anchors whose transaction left the canonical chain; return them."""
-        head = self.client.chain.block_number()
+        """Forget recorded anchors whose transaction left the canonical chain; return them.
+
+        Each anchor's transaction is looked up once. After that, one block hash stands for all
+        of them: the hash of the block holding the newest anchor, read when they were checked.
+        While the chain still has that block, every block below it is unchanged too (each block
+        names its parent's hash), so the anchors are still in place; when it has changed,
+        everything is checked again.
+        """
+        anchors = self.log.anchors()
+        if not anchors:
+            self._verified = None
+            return []
+        chain = self.client.chain
+        top = max(int(a.block_number) for a in anchors)
+        # Read before any transaction is checked: a reorg after this read shows at the next run.
+        top_hash = chain.block_hash(top)
+        still_good: frozenset[str] = frozenset()
+        if self._verified is not None and top_hash is not None:
+            height, block_hash, txs = self._verified
+            if (height, block_hash) == (top, top_hash) or (
+                height < top and chain.block_hash(height) == block_hash
+            ):
+                still_good = txs
+        to_check = [a for a in anchors if a.tx_hash not in still_good]
         dropped = []
-        for a in self.log.anchors():
-            if int(a.block_number) < head - self.reorg_depth:
-                continue  # deep enough to be final on this chain
-            if not self.client.chain.is_canonical(a.tx_hash, int(a.block_number)):
-                log.warning("anchor tx %s left the canonical chain; re-anchoring", a.tx_hash)
-                self.log.forget_anchor(a.tx_hash)
-                dropped.append(a.tx_hash)
+        if to_check:
+            head = chain.block_number()
+            for a in to_check:
+                if int(a.block_number) < head - self.reorg_depth:
+                    continue  # deep enough to be final on this chain
+                if not chain.is_canonical(a.tx_hash, int(a.block_number)):
+                    log.warning("anchor tx %s left the canonical chain; re-anchoring", a.tx_hash)
+                    self.log.forget_anchor(a.tx_hash)
+                    dropped.append(a.tx_hash)
+        self._verified = (
+            None
+            if dropped or top_hash is None
+            else (top, top_hash, still_good | {a.tx_hash for a in to_check})
+        )
         return dropped
 
     def due(self) -> bool:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ledger.anchor import AuditAnchorClient
     from ledger.audit_log import AuditLog
     from ledger.chain import Chain
+    from ledger.deploy import Deployment
 
 audit_app = typer.Typer(
     help="The node's tamper-evident audit log (RFC 6962 Merkle tree, anchored on chain).",
@@ -274,8 +275,12 @@ def audit_verify(
     as_json: AsJson = False,
     database: Database = None,
     member: Annotated[
-        str | None,
-        typer.Option("--member", help="Whose anchors to check (default: this node's account)."),
+        list[str] | None,
+        typer.Option(
+            "--member",
+            help="Whose anchors to check (default: this node's account); with --node, "
+            "URL=ACCOUNT pins the member of a node reached at another address (repeatable).",
+        ),
     ] = None,
     offline: Annotated[
         bool, typer.Option("--offline", help="Use the anchors the log recorded, not the chain's.")
@@ -283,10 +288,67 @@ def audit_verify(
     require_anchored: Annotated[
         bool, typer.Option("--require-anchored", help="Also fail while entries await an anchor.")
     ] = False,
+    node: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--node",
+            help="A node's base URL: read its log over HTTPS with an auditor token and check it, "
+            "and the transfers between the nodes given, against the chain (repeatable).",
+        ),
+    ] = None,
+    token_file: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--token-file",
+            help="Auditor tokens for --node: URL=FILE per node, a directory of "
+            "<hospital id>.token files, or one FILE for every node (repeatable).",
+        ),
+    ] = None,
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-cert", help="CA certificate (PEM) the nodes' HTTPS certificates chain to."
+        ),
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="With --node: a transfer whose other side was not checked fails too."
+        ),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1.0, help="Seconds per HTTP request to a node.")
+    ] = 30.0,
 ) -> None:
-    """Recompute the whole log and check it against the anchors; exit 1 naming failing entries."""
+    """Check the audit log(s) against the chain's anchors; exit 1 naming failing entries.
+
+    Without --node: this node's log in --data-dir (or --database), recomputed in full. With
+    --node: each node's log read over HTTPS, and the transfers and accesses between them
+    (docs/security-audit.md, "Verifying a consortium"); exit 2 when a node cannot be read.
+    """
+    if node:
+        if database is not None or offline:
+            _fail("--database and --offline check a local log; leave them out with --node", as_json)
+        _verify_nodes(
+            node,
+            token_file or [],
+            member or [],
+            data_dir=data_dir,
+            rpc=rpc,
+            ca_cert=ca_cert,
+            timeout=timeout,
+            strict=strict,
+            require_anchored=require_anchored,
+            as_json=as_json,
+        )
+        return
+    if token_file or ca_cert is not None or strict:
+        _fail("--token-file, --ca-cert and --strict go with --node", as_json)
+    if member is not None and len(member) > 1:
+        _fail("give one --member for a local log", as_json)
+    local_member = member[0] if member else None
     with _errors(as_json), _opened_log(data_dir, database) as log:
-        anchors = _anchors(log, data_dir, rpc, offline, member)
+        anchors = _anchors(log, data_dir, rpc, offline, local_member)
         findings = log.verify(anchors)
         size = log.size()
     anchored = max((s for s, _ in anchors), default=0)
@@ -314,6 +376,75 @@ def audit_verify(
     _emit(payload, "\n".join(lines), as_json)
     if failed:
         raise typer.Exit(EXIT_UNVERIFIED)
+
+
+def _verify_nodes(
+    nodes: list[str],
+    token_files: list[str],
+    pins: list[str],
+    *,
+    data_dir: Path,
+    rpc: str | None,
+    ca_cert: Path | None,
+    timeout: float,
+    strict: bool,
+    require_anchored: bool,
+    as_json: bool,
+) -> None:
+    """The cross-node verification (ledger/audit_network.py): report, then exit 0, 1 or 2."""
+    import ssl
+
+    from ledger.audit_network import (
+        AuditInputError,
+        TokenSources,
+        VerifyOptions,
+        parse_pins,
+        verify_network,
+    )
+    from ledger.audit_remote import normalize_url
+
+    try:
+        for url in nodes:
+            normalize_url(url)
+        tls: ssl.SSLContext | bool = True
+        if ca_cert is not None:
+            try:
+                tls = ssl.create_default_context(cafile=str(ca_cert))
+            except (OSError, ssl.SSLError) as exc:
+                raise AuditInputError(f"cannot load --ca-cert {ca_cert}: {exc}") from None
+        options = VerifyOptions(
+            tokens=TokenSources.parse(token_files),
+            pins=parse_pins(pins),
+            tls=tls,
+            timeout=timeout,
+            strict=strict,
+            require_anchored=require_anchored,
+        )
+    except (AuditInputError, ValueError) as exc:
+        _fail(str(exc), as_json)
+    with _errors(as_json), _auditor_chain(data_dir, rpc) as (chain, deployment):
+        report = verify_network(nodes, chain, deployment, options)
+    _emit(report.to_json(), report.to_text(), as_json)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+@contextmanager
+def _auditor_chain(data_dir: Path, rpc: str | None) -> Iterator[tuple[Chain, Deployment]]:
+    """A read-only connection for an auditor: a throwaway account on a real chain (no key file
+    is written), the data directory's own on the embedded one."""
+    from eth_account import Account
+
+    from ledger.chain import connect
+    from ledger.deploy import check_deployment, load_deployment
+
+    deployment = load_deployment(data_dir)
+    chain = connect(data_dir, rpc, account=Account.create() if rpc else None)
+    try:
+        check_deployment(chain, deployment)
+        yield chain, deployment
+    finally:
+        chain.close()
 
 
 def _anchors(

@@ -137,6 +137,8 @@ class EntityKind(StrEnum):
     ORDER = "order"
     MODEL = "model"
     NODE = "node"
+    # One cross-hospital transfer: both sides log its id (a UUID4 hex) so an auditor pairs them.
+    TRANSFER = "transfer"
 
 
 class Purpose(StrEnum):

@@ -138,13 +138,26 @@ class AuditLog:
             raise AuditLogError(f"unsupported database driver {engine.dialect.driver!r}")
         mark = marks[engine.dialect.paramstyle]
         quote = engine.dialect.identifier_preparer.quote
-        self._insert_entry_sql = (
-            f"INSERT INTO {quote(self._entries.name)} (leaf_index, body) VALUES ({mark}, {mark})"
-        )
+        entries, nodes, head_t = (quote(t.name) for t in (self._entries, self._nodes, self._head))
+        # The append path talks to the driver directly with these fixed statements rather than
+        # building and compiling SQLAlchemy expressions per commit (docs/ledger-audit.md).
+        self._insert_entry_sql = f"INSERT INTO {entries} (leaf_index, body) VALUES ({mark}, {mark})"
         self._insert_node_sql = (
-            f"INSERT INTO {quote(self._nodes.name)} (level, node_index, hash) "
-            f"VALUES ({mark}, {mark}, {mark})"
+            f"INSERT INTO {nodes} (level, node_index, hash) VALUES ({mark}, {mark}, {mark})"
         )
+        # Compare-and-set: moves the head from the size this process last wrote, and matches
+        # no row when another process appended since (then the head is read under the lock).
+        self._advance_head_sql = (
+            f"UPDATE {head_t} SET tree_size = {mark} WHERE head_id = 1 AND tree_size = {mark}"
+        )
+        self._grow_head_sql = (
+            f"UPDATE {head_t} SET tree_size = tree_size + {mark} WHERE head_id = 1"
+        )
+        self._read_head_sql = f"SELECT tree_size FROM {head_t} WHERE head_id = 1"
+        self._select_node_sql = (
+            f"SELECT hash FROM {nodes} WHERE level = {mark} AND node_index = {mark}"
+        )
+        self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         # In-memory frontier of the tree: its size and the perfect subtrees (level, hash) whose
         # fold is the root. Appends extend it without reading; it is reloaded (O(log n)) when
         # another process has appended meanwhile.
@@ -242,7 +255,7 @@ class AuditLog:
         with self._commit_lock:
             try:
                 first = self._commit(entries)
-            except sa.exc.SQLAlchemyError as exc:
+            except (sa.exc.SQLAlchemyError, self._driver_error) as exc:
                 raise AuditLogError(
                     f"the audit events could not be recorded ({type(exc).__name__})"
                 ) from exc
@@ -250,31 +263,46 @@ class AuditLog:
 
     def _commit(self, entries: Sequence[EncodedEvent]) -> int:
         n = len(entries)
-        head = self._head
-        with self.engine.begin() as conn:
-            # Write first: this takes the database's write lock before anything is read.
-            conn.execute(
-                sa.update(head).where(head.c.head_id == 1).values(tree_size=head.c.tree_size + n)
-            )
-            old = conn.execute(sa.select(head.c.tree_size)).scalar_one() - n
-            cached_size, cached_peaks = self._frontier
-            peaks = list(cached_peaks) if old == cached_size else self._load_peaks(conn, old)
+        cached_size, cached_peaks = self._frontier
+        dbapi = self.engine.raw_connection()
+        try:
+            cursor = dbapi.cursor()
+            # Write first: the UPDATE takes the database's write lock (SQLite) or the head row's
+            # lock (PostgreSQL) before anything is read, so writers in every process serialise.
+            cursor.execute(self._advance_head_sql, (cached_size + n, cached_size))
+            if cursor.rowcount == 1:
+                old, peaks = cached_size, list(cached_peaks)
+            else:  # another process appended: read where the tree stands now, under the lock
+                cursor.execute(self._grow_head_sql, (n,))
+                cursor.execute(self._read_head_sql)
+                row = cursor.fetchone()
+                if row is None:
+                    raise AuditLogError("the audit log's head row is missing")
+                old = int(row[0]) - n
+                peaks = self._load_peaks_raw(cursor, old)
             node_rows: list[tuple[int, int, bytes]] = []
-            for offset, lh in enumerate(e.leaf_hash for e in entries):
+            node_hash = merkle.node_hash
+            for offset, entry in enumerate(entries):
                 end = old + offset + 1
+                lh = entry.leaf_hash
                 node_rows.append((0, end - 1, lh))
                 level, acc = 0, lh
                 while peaks and peaks[-1][0] == level:
-                    acc = merkle.node_hash(peaks.pop()[1], acc)
+                    acc = node_hash(peaks.pop()[1], acc)
                     level += 1
                     node_rows.append((level, (end >> level) - 1, acc))
                 peaks.append((level, acc))
-            # Straight to the driver's executemany: SQLAlchemy's per-row parameter processing
-            # cost more than the inserts themselves.
-            conn.exec_driver_sql(
+            cursor.executemany(
                 self._insert_entry_sql, [(old + k, e.body) for k, e in enumerate(entries)]
             )
-            conn.exec_driver_sql(self._insert_node_sql, node_rows)
+            cursor.executemany(self._insert_node_sql, node_rows)
+            cursor.close()
+            dbapi.commit()
+        except BaseException:
+            dbapi.rollback()
+            raise
+        finally:
+            dbapi.close()  # back to the pool
         self._frontier = (old + n, peaks)
         return old
 
@@ -362,11 +390,19 @@ class AuditLog:
             raise AuditLogError(f"no tree of size {size}: the log holds {current} entries")
         return size
 
-    def _load_peaks(self, conn: Connection, size: int) -> list[tuple[int, bytes]]:
-        if size == 0:
-            return []
-        keys = merkle.perfect_subtrees(0, size)
-        return [(level, h) for (level, _), h in zip(keys, self._fetch(conn, keys), strict=True)]
+    def _load_peaks_raw(self, cursor: Any, size: int) -> list[tuple[int, bytes]]:
+        """The frontier at ``size`` through a driver cursor (only after another process wrote)."""
+        peaks: list[tuple[int, bytes]] = []
+        for level, index in merkle.perfect_subtrees(0, size) if size else []:
+            cursor.execute(self._select_node_sql, (level, index))
+            row = cursor.fetchone()
+            if row is None:
+                raise AuditLogError(
+                    f"stored tree node for entries [{index << level}, {(index + 1) << level}) "
+                    "is missing; run verify"
+                )
+            peaks.append((level, bytes(row[0])))
+        return peaks
 
     def _range_hashes(self, conn: Connection, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         plans = [merkle.perfect_subtrees(s, e) for s, e in ranges]
@@ -459,8 +495,7 @@ class AuditLog:
             size = self._db_size(conn)
             leaves, findings = self._recompute_leaves(conn, size)
             findings += self._check_stored_tree(conn, size)
-        levels = _levels(leaves)
-        recomputed = _Recomputed(levels)
+        recomputed = merkle.LeafTree(leaves)
         first_entry_problem = min((f.index for f in findings if f.index is not None), default=None)
         findings += _check_anchors(anchors, size, recomputed, first_entry_problem)
         return sorted(findings, key=lambda f: (f.index is None, f.index or 0, f.kind))
@@ -554,7 +589,7 @@ class AuditLog:
                 for i in beyond
                 if i >= now
             ]
-        for first, last in _runs(no_leaf_hash):
+        for first, last in merkle.index_runs(no_leaf_hash):
             span = f"entry {first}" if first == last else f"entries {first}..{last}"
             findings.append(Finding("tree", first, f"stored leaf hashes missing for {span}"))
         if mismatched:
@@ -620,45 +655,10 @@ class AuditLog:
         return findings
 
 
-class _Recomputed:
-    """Subtree hashes over recomputed leaves, level by level (each level one bytearray)."""
-
-    def __init__(self, levels: list[bytearray]) -> None:
-        self.levels = levels
-
-    def subtree(self, level: int, index: int) -> bytes:
-        start = index * merkle.HASH_SIZE
-        return bytes(self.levels[level][start : start + merkle.HASH_SIZE])
-
-    def range_hash(self, start: int, end: int) -> bytes:
-        return merkle.fold_subtrees(
-            [self.subtree(lv, ix) for lv, ix in merkle.perfect_subtrees(start, end)]
-        )
-
-    def root(self, size: int) -> bytes:
-        return merkle.EMPTY_ROOT if size == 0 else self.range_hash(0, size)
-
-    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
-        return [self.range_hash(s, e) for s, e in merkle.consistency_ranges(old_size, new_size)]
-
-
-def _levels(leaves: bytearray) -> list[bytearray]:
-    """Every complete subtree's hash, level by level, from the concatenated leaf hashes."""
-    hs = merkle.HASH_SIZE
-    levels = [leaves]
-    while len(levels[-1]) >= 2 * hs:
-        below = levels[-1]
-        above = bytearray()
-        for i in range(0, len(below) // (2 * hs) * 2 * hs, 2 * hs):
-            above += merkle.node_hash(below[i : i + hs], below[i + hs : i + 2 * hs])
-        levels.append(above)
-    return levels
-
-
 def _check_anchors(
     anchors: Sequence[tuple[int, bytes]],
     size: int,
-    tree: _Recomputed,
+    tree: merkle.LeafTree,
     first_entry_problem: int | None,
 ) -> list[Finding]:
     findings: list[Finding] = []
@@ -720,17 +720,6 @@ def _check_anchors(
                     )
         previous = (anchored_size, anchored_root)
     return findings
-
-
-def _runs(indices: Sequence[int]) -> list[tuple[int, int]]:
-    """Consecutive runs in sorted indices, as (first, last) pairs."""
-    runs: list[tuple[int, int]] = []
-    for index in indices:
-        if runs and runs[-1][1] == index - 1:
-            runs[-1] = (runs[-1][0], index)
-        else:
-            runs.append((index, index))
-    return runs
 
 
 def _leaf_bytes(event: AuditEvent | Mapping[str, Any]) -> bytes:

@@ -30,6 +30,7 @@ from eth_utils.address import to_checksum_address
 from web3 import Web3
 from web3.contract.contract import ContractFunction
 from web3.exceptions import (
+    BlockNotFound,
     ContractCustomError,
     ContractLogicError,
     ContractPanicError,
@@ -305,6 +306,14 @@ class Chain:
         with self._lock, rpc_errors():
             return int(self.w3.eth.get_block(block)["timestamp"])  # type: ignore[arg-type]
 
+    def block_hash(self, number: int) -> bytes | None:
+        """The hash of the canonical block at ``number``; None when the chain is not that long."""
+        with self._lock, rpc_errors():
+            try:
+                return bytes(self.w3.eth.get_block(number)["hash"])
+            except BlockNotFound:
+                return None
+
     def block_info(self, block: int | str = "latest") -> tuple[bytes, int]:
         """A block's hash and timestamp (one RPC)."""
         with self._lock, rpc_errors():
@@ -337,6 +346,14 @@ class Chain:
                 out.extend(self.w3.eth.get_logs(params))  # type: ignore[arg-type]
             start = stop + 1
         return out
+
+    def receipt(self, tx_hash: str) -> TxReceipt | None:
+        """A mined transaction's receipt; None when the chain does not know the transaction."""
+        with self._lock, rpc_errors():
+            try:
+                return self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+            except (TransactionNotFound, Web3RPCError):
+                return None
 
     def is_canonical(self, tx_hash: str, block_number: int | None = None) -> bool:
         """Whether the transaction is in the canonical chain (at block_number, when given)."""

@@ -459,6 +459,19 @@ class ConsentCache:
         with self._sync_lock:  # one sync at a time: the background thread and callers
             return self._sync(self.chain, self.deployment)
 
+    def sync_to_head(self) -> int:
+        """Catch up with the chain's confirmed head now, if a block came since the last sync.
+
+        For answers that must count the latest block (cross-hospital access is judged at the
+        current block: a revocation mined a moment ago refuses the next request), not the last
+        background sync. One RPC when the cache is at the head already; a sync when it is not.
+        """
+        if self.chain is None or self.deployment is None:
+            raise ConfigurationError("this cache has no chain to sync from")
+        if self.chain.confirmed_block() == self._synced_block:
+            return self._synced_block
+        return self.sync()
+
     def _sync(self, chain: Chain, deployment: Deployment) -> int:
         target = chain.confirmed_block()
         target_hash, block_time = chain.block_info(target)

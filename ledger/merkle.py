@@ -226,3 +226,62 @@ def verify_consistency(
         fn >>= 1
         sn >>= 1
     return fr == old_root and sr == new_root and sn == 0
+
+
+class LeafTree:
+    """Every complete subtree's hash over a list of leaf hashes, level by level.
+
+    Built once in O(n) from the concatenated leaf hashes; then any root, subtree or consistency
+    proof over a prefix costs O(log n) lookups (``perfect_subtrees``). Verifiers use it to check
+    many anchored (size, root) pairs against one recomputed log.
+    """
+
+    def __init__(self, leaf_hashes: bytes | bytearray) -> None:
+        if len(leaf_hashes) % HASH_SIZE:
+            raise MerkleError("leaf hashes must be concatenated 32-byte SHA-256 digests")
+        levels = [bytearray(leaf_hashes)]
+        while len(levels[-1]) >= 2 * HASH_SIZE:
+            below = levels[-1]
+            above = bytearray()
+            for i in range(0, len(below) // (2 * HASH_SIZE) * 2 * HASH_SIZE, 2 * HASH_SIZE):
+                above += node_hash(
+                    below[i : i + HASH_SIZE], below[i + HASH_SIZE : i + 2 * HASH_SIZE]
+                )
+            levels.append(above)
+        self.levels = levels
+
+    @property
+    def size(self) -> int:
+        """The number of leaves."""
+        return len(self.levels[0]) // HASH_SIZE
+
+    def subtree(self, level: int, index: int) -> bytes:
+        """The hash of the perfect subtree ``(level, index)``."""
+        start = index * HASH_SIZE
+        return bytes(self.levels[level][start : start + HASH_SIZE])
+
+    def range_hash(self, start: int, end: int) -> bytes:
+        """The hash of the leaf range [start, end) (a range RFC 6962's split produces)."""
+        return fold_subtrees([self.subtree(lv, ix) for lv, ix in perfect_subtrees(start, end)])
+
+    def root(self, size: int) -> bytes:
+        """The root of the first ``size`` leaves."""
+        if not 0 <= size <= self.size:
+            raise MerkleError(f"no tree of size {size} over {self.size} leaves")
+        return EMPTY_ROOT if size == 0 else self.range_hash(0, size)
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        """PROOF(old_size, D[new_size]) over these leaves (RFC 6962 §2.1.2)."""
+        return [self.range_hash(s, e) for s, e in consistency_ranges(old_size, new_size)]
+
+
+def index_runs(indices: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive runs in sorted leaf indices, as (first, last) pairs: how a report names
+    entries (``3-7`` rather than five findings)."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and runs[-1][1] == index - 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return runs

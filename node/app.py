@@ -19,13 +19,16 @@ from node.api.auth import build_router as build_auth_router
 from node.api.dicomweb.router import build_router as build_dicomweb_router
 from node.api.fhir.router import build_router as build_fhir_router
 from node.api.gateway import router as gateway_router
+from node.api.network import peer_router as network_peer_router
+from node.api.network import user_router as network_user_router
 from node.dimse.server import start_dimse
 from node.errors import NodeError
 from node.hl7.runtime import start_hl7
 from node.ledger_link import close_ledger_link, open_ledger_link
 from node.services.archive import Archive
-from node.services.audit import NodeAudit, start_anchoring
+from node.services.audit import NodeAudit, audit_https_refusal, start_anchoring
 from node.settings import NodeSettings
+from node.tls.handshake_audit import REFUSALS
 
 log = logging.getLogger("pacsmesh.node")
 
@@ -44,11 +47,16 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
         )
         gc.collect()
         gc.freeze()
+        # Refused HTTPS handshakes (node serve's context) go to this node's trail, recorded in
+        # the background: they reach no request, so nobody waits on them.
+        audit = app.state.audit
+        REFUSALS.sink = lambda reason: audit_https_refusal(audit, reason)
         hl7 = start_hl7(settings, app.state.archive.engine, app.state.audit)
         dimse = None
         anchoring = None
         try:
             open_ledger_link(app, settings)  # app.state.ledger (+ ledger_chain, ledger_deployment)
+            open_network(app, settings)  # app.state.peer_directory, app.state.peer_client
             if app.state.ledger is not None:
                 # The audit log's roots go on chain in the background; an outage only delays
                 # them (the events are durable in the log already).
@@ -58,7 +66,7 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
                     settings.audit_anchor_every_events,
                     settings.audit_anchor_every_seconds,
                 )
-            if settings.dimse_port:
+            if settings.dimse_port or settings.dimse_tls_port:
                 # Started after the archive is open and stopped before it closes: the DIMSE
                 # handlers use it from their own threads.
                 dimse = start_dimse(settings, app.state.archive, app.state.audit)
@@ -70,6 +78,7 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
                 anchoring.stop()  # anchors what is pending, while the chain is still open
             close_ledger_link(app)
             hl7.stop()
+            REFUSALS.sink = None
             # Last: every event of a request or message still in flight is committed first.
             app.state.audit.close()
             if owned:
@@ -89,6 +98,8 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
     app.include_router(gateway_router)
     app.include_router(build_fhir_router(), prefix="/fhir")
     app.include_router(build_admin_router(), prefix="/admin")
+    app.include_router(network_peer_router, prefix="/network/peer")
+    app.include_router(network_user_router, prefix="/network")
     app.include_router(build_auth_router())
     if settings.auth_enabled:
         _install_auth(app, settings)
@@ -108,6 +119,33 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
         return {"status": "ok"}
 
     return app
+
+
+def open_network(app: FastAPI, settings: NodeSettings) -> None:
+    """Peers need the ledger (who is a member now) and the consortium CA; asking them also
+    needs this node's own certificate. Without them the network routes answer 403/503."""
+    app.state.peer_directory = None
+    app.state.peer_client = None
+    link = app.state.ledger
+    if link is None or settings.tls_ca_cert is None:
+        return
+    from ledger.pki import load_ca_cert
+    from node.services.exchange_requester import PeerClient
+    from node.tls.peers import PeerDirectory, RegistryMembers
+
+    app.state.peer_directory = PeerDirectory(
+        RegistryMembers(link.consortium),
+        load_ca_cert(settings.tls_ca_cert),
+        min_interval=settings.network_peer_refresh_seconds,
+    )
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        app.state.peer_client = PeerClient(
+            settings.tls_cert,
+            settings.tls_key,
+            settings.tls_ca_cert,
+            search_timeout=settings.network_peer_timeout_seconds,
+            transfer_timeout=settings.network_transfer_timeout_seconds,
+        )
 
 
 def _install_auth(app: FastAPI, settings: NodeSettings) -> None:

@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 
 from node.cli_enroll import enroll
+from node.cli_network import network_app
+from node.cli_training import training_app
 from node.cli_users import user_app
 from node.cli_workflow import mount as mount_workflow
 from node.errors import NodeError
@@ -24,7 +26,9 @@ node_app = typer.Typer(help="Run and administer a hospital node.", no_args_is_he
 node_app.command("enroll")(enroll)  # TLS identity in the consortium (issue #6)
 app.add_typer(node_app, name="node")
 node_app.add_typer(user_app, name="user")
+node_app.add_typer(training_app, name="training")  # labels for the training credential
 mount_workflow(node_app)  # pacsmesh node reconcile|outbox
+app.add_typer(network_app, name="network")  # pacsmesh network studies|retrieve
 
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="node data directory (NODE_DATA_DIR)")
@@ -59,6 +63,17 @@ def serve(
     port: Annotated[int | None, typer.Option(help="HTTP port (default 8080)")] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM)")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM)")] = None,
+    tls_ca_cert: Annotated[
+        Path | None,
+        typer.Option(help="consortium CA certificate: turns on mutual TLS for peers (PEM)"),
+    ] = None,
+    tls_client_cert: Annotated[
+        str | None,
+        typer.Option(
+            help="optional (users without certificates on the same port) or required "
+            "(a peer-only port)"
+        ),
+    ] = None,
     database_url: Annotated[str | None, typer.Option(help="index database URL")] = None,
     kek_source: Annotated[
         str | None, typer.Option(help="KEK source: file | file:PATH | env:VAR")
@@ -67,16 +82,39 @@ def serve(
         int | None, typer.Option(help="DIMSE port (default 11112; 0 = off)")
     ] = None,
     ae_title: Annotated[str | None, typer.Option(help="this node's AE title")] = None,
+    dimse_tls_port: Annotated[
+        int | None, typer.Option(help="DICOM TLS port (registered: 2762; default 0 = off)")
+    ] = None,
+    dimse_tls_cert: Annotated[
+        Path | None, typer.Option(help="DICOM TLS certificate (PEM; default --tls-cert)")
+    ] = None,
+    dimse_tls_key: Annotated[
+        Path | None, typer.Option(help="DICOM TLS private key (PEM; default --tls-key)")
+    ] = None,
+    dimse_tls_ca_cert: Annotated[
+        Path | None,
+        typer.Option(help="CA file (PEM) that issues modality and workstation certificates"),
+    ] = None,
+    dimse_tls_client_cert: Annotated[
+        str | None, typer.Option(help="required (default) | optional")
+    ] = None,
     hl7_port: Annotated[
         int | None, typer.Option(help="HL7 v2 MLLP port (default 2575; 0 = off)")
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
 ) -> None:
-    """Run a node: DICOMweb and FHIR over HTTP(S), DIMSE and HL7 v2 (MLLP) beside them."""
+    """Run a node: DICOMweb and FHIR over HTTP(S), DIMSE (plain and/or DICOM TLS) and HL7 v2
+    (MLLP) beside them.
+
+    With a certificate it serves HTTPS; with the consortium CA as well, mutual TLS, so peers'
+    certificates reach the peer routes. Production nodes refuse to serve without TLS.
+    """
     import uvicorn
 
     from node.app import create_app
+    from node.dimse import tls as dimse_tls
     from node.services.archive import Archive
+    from node.tls.serving import listening
 
     settings = _settings(
         data_dir=data_dir,
@@ -85,28 +123,39 @@ def serve(
         port=port,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        tls_ca_cert=tls_ca_cert,
+        tls_client_cert=tls_client_cert,
         database_url=database_url,
         kek_source=kek_source,
         dimse_port=dimse_port,
         ae_title=ae_title,
+        dimse_tls_port=dimse_tls_port,
+        dimse_tls_cert=dimse_tls_cert,
+        dimse_tls_key=dimse_tls_key,
+        dimse_tls_ca_cert=dimse_tls_ca_cert,
+        dimse_tls_client_cert=dimse_tls_client_cert,
         hl7_port=hl7_port,
     )
     try:
+        listen = listening(settings)  # before the archive opens: a TLS mistake stops here
+        dimse_tls.check(settings)  # a bad certificate, key or CA file stops here, named
         archive = Archive.open(settings)
     except NodeError as exc:
         _fail(exc.message)
     application = create_app(settings, archive)
-    typer.echo(f"pacsmesh node serving {settings.base_url}/dicom-web", err=True)
+    mode = {"http": "HTTP", "https": "HTTPS", "mtls": "HTTPS with consortium mutual TLS"}
+    typer.echo(
+        f"pacsmesh node serving {settings.base_url}/dicom-web ({mode[listen.mode]})", err=True
+    )
     try:
         uvicorn.run(
             application,
             host=settings.host,
             port=settings.port,
-            ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-            ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
             log_level=log_level,
             access_log=False,  # access logs would carry UIDs; the audit log records accesses
             timeout_graceful_shutdown=5,
+            **listen.uvicorn,
         )
     finally:
         archive.close()

@@ -4,7 +4,8 @@ Step 1 (no --cert): make the node key (DATA_DIR/tls/node.key, mode 0600, kept if
 CSR (DATA_DIR/tls/node.csr) naming the endpoint's host; the CA operator signs it with
 `pacsmesh consortium sign-csr`.
 Step 2 (--cert): install the certificate and the CA certificate beside the key, then register
-the certificate's SHA-256 fingerprint and the endpoint for this node's member account. The
+the certificate's SHA-256 fingerprint and the endpoint for this node's member account (its key
+and deployment.json in the node's ledger directory, DATA_DIR/ledger, or --ledger-dir). The
 ConsortiumRegistry changes a member only by a vote (ProposalKind.Update): this node proposes
 the update with its own yes vote; it takes effect at once when that is a majority, otherwise
 when enough members run `pacsmesh consortium vote ID --yes`.
@@ -113,15 +114,27 @@ def load_ca_source(path: Path) -> Path:
     return Path(path) / CA_CERT_FILE if Path(path).is_dir() else Path(path)
 
 
-def _register(data_dir: Path, rpc: str | None, endpoint: str, fp: bytes) -> dict[str, Any]:
+def ledger_dir_of(data_dir: Path, ledger_dir: Path | None) -> Path:
+    """Where the member key and deployment file are: --ledger-dir, else the node's own ledger
+    directory (DATA_DIR/ledger, as `node serve` reads it) once it holds a deployment, else
+    DATA_DIR itself (a directory used by the `pacsmesh ledger` commands directly)."""
+    from ledger.deploy import DEPLOYMENT_FILE
+
+    if ledger_dir is not None:
+        return Path(ledger_dir)
+    nested = Path(data_dir) / "ledger"
+    return nested if (nested / DEPLOYMENT_FILE).exists() else Path(data_dir)
+
+
+def _register(ledger_dir: Path, rpc: str | None, endpoint: str, fp: bytes) -> dict[str, Any]:
     """Propose this member's new fingerprint and endpoint; report whether it took effect."""
     from ledger.chain import connect
     from ledger.consortium import ConsortiumClient, MemberStatus, ProposalKind
     from ledger.deploy import check_deployment, load_deployment
     from ledger.pki import PkiError
 
-    deployment = load_deployment(data_dir)
-    chain = connect(data_dir, rpc)
+    deployment = load_deployment(ledger_dir)
+    chain = connect(ledger_dir, rpc)
     try:
         check_deployment(chain, deployment)
         client = ConsortiumClient(chain, deployment)
@@ -168,6 +181,14 @@ def enroll(
     rpc: Annotated[
         str | None, typer.Option("--rpc", envvar="PACSMESH_RPC_URL", help="JSON-RPC chain URL.")
     ] = None,
+    ledger_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--ledger-dir",
+            help="Member key and deployment.json (default: DATA_DIR/ledger if it has a "
+            "deployment, else DATA_DIR).",
+        ),
+    ] = None,
     dns: Annotated[list[str] | None, typer.Option("--dns", help="Extra DNS name.")] = None,
     ip: Annotated[list[str] | None, typer.Option("--ip", help="Extra IP address.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -187,7 +208,7 @@ def enroll(
             return
         issued, installed = _install(data_dir, cert, ca_cert)
         fp = fingerprint(issued)
-        result = _register(data_dir, rpc, endpoint, fp)
+        result = _register(ledger_dir_of(data_dir, ledger_dir), rpc, endpoint, fp)
     except LedgerError as exc:
         raise _fail(str(exc)) from None
     result |= {"cert": str(installed), "fingerprint": fp.hex(), "endpoint": endpoint}

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -71,7 +72,12 @@ def parse_ttl(text: str) -> int:
 @user_app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="user name (letters, digits, . _ @ -)")],
-    role: Annotated[str, typer.Option(help="clinician, radiologist, patient, auditor or admin")],
+    role: Annotated[
+        str,
+        typer.Option(
+            help="clinician, radiologist, patient, auditor, admin; or trainer (token-only)"
+        ),
+    ],
     patient: Annotated[
         str | None, typer.Option(help="for a patient account: their MRN at this hospital")
     ] = None,
@@ -201,6 +207,10 @@ def token(
     scope: Annotated[
         str | None, typer.Option(help="space-separated SMART scopes (default: the role's)")
     ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="write the token to this file (mode 0600, replaced atomically)"),
+    ] = None,
     data_dir: DataDir = None,
     config: ConfigFile = None,
     database_url: DatabaseUrl = None,
@@ -238,4 +248,26 @@ def token(
         _fail(exc.message, code=1)
     finally:
         engine.dispose()
-    typer.echo(issued.access_token)
+    if out is None:
+        typer.echo(issued.access_token)
+        return
+    write_secret_text(out, issued.access_token + "\n")
+    typer.echo(json.dumps({"token_file": str(out), "expires_in": issued.expires_in}))
+
+
+def write_secret_text(path: Path, text: str) -> None:
+    """Replace a file atomically with `text`, readable by its owner only (mode 0600).
+
+    For a token file a scheduled job renews: a reader sees the old token or the new one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:  # mkstemp makes it 0600
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

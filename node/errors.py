@@ -94,3 +94,10 @@ class BlobIntegrityError(NodeError):
     http_status = 500
     fhir_code = "exception"
     dimse_status = 0xA700
+
+
+class TlsConfigurationError(NodeError):
+    """A TLS certificate, key or CA file named in the settings cannot be used (names the file)."""
+
+    http_status = 503
+    fhir_code = "security"

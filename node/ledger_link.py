@@ -69,14 +69,14 @@ class LedgerLink:
         self.chain.close()
 
 
-def ledger_of(state: Any) -> LedgerLink:
-    """The app's ledger link (`app.state.ledger`), or 503 saying why there is none."""
+def ledger_of(state: Any, unavailable: str = "cross-hospital consent is unavailable") -> LedgerLink:
+    """The app's ledger link (`app.state.ledger`), or 503 saying what is `unavailable` and why."""
     link: LedgerLink | None = getattr(state, "ledger", None)
     if link is None:
         reason = getattr(state, "ledger_error", None) or (
             "this node has no ledger deployment (deployment.json in its ledger data directory)"
         )
-        raise LedgerUnavailableError(f"cross-hospital consent is unavailable: {reason}")
+        raise LedgerUnavailableError(f"{unavailable}: {reason}")
     return link
 
 

@@ -35,6 +35,15 @@ class RemoteAE(BaseModel):
     host: str
     port: int = Field(ge=1, le=65535)
     role: Literal["modality", "workstation", "archive"] = "workstation"
+    # DICOM TLS (PS3.15 B.12): an AE that speaks TLS is reached over TLS (C-MOVE destination)
+    # and may associate only on the node's TLS port, so its title is never usable in the clear.
+    tls: bool = Field(default=False, description="this AE speaks DICOM TLS (both directions)")
+    tls_ca_cert: Path | None = Field(
+        default=None, description="CA that issued this AE's certificate; default dimse_tls_ca_cert"
+    )
+    tls_server_name: str | None = Field(
+        default=None, description="name its certificate must carry; default: host"
+    )
 
 
 def _check_ae_title(value: str) -> str:
@@ -99,6 +108,36 @@ class NodeSettings(BaseSettings):
     remote_aes: dict[str, RemoteAE] = Field(
         default_factory=dict, description="known AE titles: only these may associate"
     )
+    # --- DICOM TLS (issue #6, dimsetls helper; docs/dicom-conformance.md "Security") ---
+    # A second DIMSE listener speaking TLS (PS3.15 B.12, BCP 195): 0 turns it off; 2762 is the
+    # registered dicom-tls port. The AE allow-list applies on it as on the plain port.
+    dimse_tls_port: int = Field(default=0, ge=0, le=65535, description="DICOM TLS port; 0 = off")
+    dimse_tls_cert: Path | None = Field(
+        default=None, description="certificate for DICOM TLS (PEM); default tls_cert"
+    )
+    dimse_tls_key: Path | None = Field(
+        default=None, description="its private key (PEM); default tls_key"
+    )
+    dimse_tls_ca_cert: Path | None = Field(
+        default=None,
+        description="CA(s) of the hospital PKI: modality and workstation certificates must chain "
+        "to one (may differ from the consortium CA)",
+    )
+    dimse_tls_client_cert: Literal["required", "optional"] = Field(
+        default="required",
+        description="'required' (default): no association without a CA-issued certificate",
+    )
+
+    @property
+    def dimse_tls_identity(self) -> tuple[Path, Path] | None:
+        """The certificate and key the node presents in DICOM TLS, both ways."""
+        if self.dimse_tls_cert is not None and self.dimse_tls_key is not None:
+            return self.dimse_tls_cert, self.dimse_tls_key
+        if self.tls_cert is not None and self.tls_key is not None:
+            return self.tls_cert, self.tls_key
+        return None
+
+    # --- end of the DICOM TLS block ---
     # HL7 v2 over MLLP: 0 turns the listener off.
     hl7_port: int = Field(default=2575, ge=0, le=65535)
     hl7_application: str = Field(default="PACSMESH", description="MSH-3/MSH-5 name of this node")
@@ -172,8 +211,14 @@ class NodeSettings(BaseSettings):
     def _check(self) -> NodeSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_ca_cert is not None and self.tls_cert is None:
+            # Mutual TLS is still TLS: the node must present its own certificate first.
+            raise ValueError("tls_ca_cert (mutual TLS) needs the node's tls_cert and tls_key")
+        if self.tls_client_cert == "required" and self.tls_ca_cert is None:
+            raise ValueError("tls_client_cert=required needs tls_ca_cert, the consortium CA")
         if (self.ocs_host is None) != (self.ocs_port is None):
             raise ValueError("ocs_host and ocs_port must be given together")
+        self._check_dimse_tls()
         if self.environment == "production" and self.kek_source == "file":
             # The default key file sits beside the data it protects: fine for development,
             # refused in production, where the KEK must come from elsewhere.
@@ -185,6 +230,39 @@ class NodeSettings(BaseSettings):
                 "(NODE_AUTH_ENABLED) or run with environment=development"
             )
         return self
+
+    def _check_dimse_tls(self) -> None:
+        if (self.dimse_tls_cert is None) != (self.dimse_tls_key is None):
+            raise ValueError("dimse_tls_cert and dimse_tls_key must be given together")
+        if self.dimse_tls_port:
+            if self.dimse_tls_port in (self.dimse_port, self.port):
+                raise ValueError(
+                    "dimse_tls_port must differ from dimse_port and port (PS3.15 B.1: "
+                    "TLS has its own port)"
+                )
+            if self.dimse_tls_identity is None:
+                raise ValueError(
+                    "dimse_tls_port needs a certificate and key: dimse_tls_cert/dimse_tls_key "
+                    "or tls_cert/tls_key"
+                )
+            if self.dimse_tls_ca_cert is None:
+                raise ValueError(
+                    "dimse_tls_port needs dimse_tls_ca_cert: the CA that issues the "
+                    "certificates of modalities and workstations"
+                )
+        for name, ae in self.remote_aes.items():
+            if not ae.tls:
+                continue
+            title = name.upper()  # as the node matches it (environment names arrive lower-case)
+            if self.dimse_tls_identity is None:
+                raise ValueError(
+                    f"remote AE {title} has tls = true: the node needs a certificate and key "
+                    "(dimse_tls_cert/dimse_tls_key or tls_cert/tls_key)"
+                )
+            if ae.tls_ca_cert is None and self.dimse_tls_ca_cert is None:
+                raise ValueError(
+                    f"remote AE {title} has tls = true: give its tls_ca_cert or dimse_tls_ca_cert"
+                )
 
     @property
     def index_url(self) -> str:
@@ -260,6 +338,56 @@ class NodeSettings(BaseSettings):
         return self.ledger_data_dir or self.data_dir / "ledger"
 
     # --- end of the ledger block ---
+
+    # --- Cross-hospital exchange (issue #6, net helper; docs/exchange.md) ---
+    network_peer_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="a member that has not answered a search (TLS handshake included) by then "
+        "is reported as timed out; the others' answers are not held back",
+    )
+    network_transfer_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="a study transfer whose owner sends nothing for this long is broken off",
+    )
+    network_peer_refresh_seconds: float = Field(
+        default=0.5,
+        ge=0,
+        le=60,
+        description="how often peer checks look at the chain head (keep below the block time)",
+    )
+    network_break_glass_max_age_seconds: int = Field(
+        default=900,
+        gt=0,
+        le=86_400,
+        description="an owner honours a break-glass record on chain only this long after it",
+    )
+    # --- end of the network block ---
+    # --- AI-training access (issue #6, train helper; docs/deidentification.md) ---
+    # What a training credential retrieves is de-identified by the PS3.15 Annex E Basic
+    # Profile; these switch on its two options for every training access of this node.
+    deid_retain_full_dates: bool = Field(
+        default=False,
+        description="Retain Longitudinal Temporal Information, Full Dates Option (113106)",
+    )
+    deid_retain_patient_characteristics: bool = Field(
+        default=False, description="Retain Patient Characteristics Option (113108)"
+    )
+    deid_uid_key_file: Path | None = Field(
+        default=None,
+        description="secret that maps UIDs for training (32 bytes, made on first use); "
+        "default DATA_DIR/keys/deid-uid.key",
+    )
+
+    @property
+    def deid_uid_key_path(self) -> Path:
+        """Where the training UID secret lives."""
+        return self.deid_uid_key_file or self.data_dir / "keys" / "deid-uid.key"
+
+    # --- end of the AI-training block ---
 
 
 def load_settings(**flags: Any) -> NodeSettings:

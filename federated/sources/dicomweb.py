@@ -3,7 +3,9 @@
 Query: series with Modality CR or DX and BodyPartExamined CHEST (PS3.18 §10.6, attribute
 matching), then their instances. Only instances with a row in the labels CSV (keyed by
 ``sop_instance_uid``, same columns as the synth ``labels.csv``) become records; FHIR
-DiagnosticReports will replace the CSV once the node serves them.
+DiagnosticReports will replace the CSV once the node serves them. A pacsmesh node serves the
+training credential de-identified UIDs, so its labels CSV comes from ``pacsmesh node training
+labels`` (keyed by the UIDs the credential sees; docs/federated-data.md).
 
 Privacy: retrieved instances are decoded in memory. The only thing ever written to disk is the
 decoded, downsampled image (float16 ``.npy``) under ``cache_dir`` — a folder the hospital owns,

@@ -15,6 +15,7 @@ client's address. No body is read and no database is queried on the request's pa
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -23,7 +24,14 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ledger.audit_events import Action, EntityKind, EventType, ParticipantRole, uid_hash
+from ledger.audit_events import (
+    Action,
+    EntityKind,
+    EventType,
+    ParticipantRole,
+    Purpose,
+    uid_hash,
+)
 from node.auth.policy import Principal
 from node.services.audit import (
     ANONYMOUS,
@@ -47,6 +55,8 @@ UNAUDITED_PATHS: Final = frozenset(
 )
 _NOTES: Final = "audit_entities"
 _LOGIN: Final = "audit_login"
+_PURPOSE: Final = "audit_purpose"
+_PEER: Final = "audit_peer"
 _METHOD_ACTION: Final = {
     "GET": Action.READ,
     "HEAD": Action.READ,
@@ -77,6 +87,8 @@ _ACCESSION_KEYS: Final = ("AccessionNumber", "00080050")
 _STUDY_KEYS: Final = ("StudyInstanceUID", "0020000D")
 
 Entities = list[tuple[EntityKind, str]]
+_PURPOSES: Final = frozenset(p.value for p in Purpose)
+_ADDRESS: Final = re.compile(r"^0x[0-9a-fA-F]{40}$")
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,16 @@ def note_entities(request: Request, kind: EntityKind, refs: Iterable[str]) -> No
 def note_studies(request: Request, study_uids: Iterable[str]) -> None:
     """Add the studies a request touched (their UIDs are hashed here)."""
     note_entities(request, EntityKind.STUDY, sorted({uid_hash(u) for u in study_uids}))
+
+
+def note_purpose(request: Request, purpose: str) -> None:
+    """The purpose of use a request declared (network routes), for its event."""
+    request.scope.setdefault("state", {})[_PURPOSE] = purpose
+
+
+def note_peer(request: Request, account: str) -> None:
+    """The consortium member (its account) a peer request came from, once verified."""
+    request.scope.setdefault("state", {})[_PEER] = account.lower()
 
 
 def note_login(request: Request, username: str, role: str | None) -> None:
@@ -154,10 +176,30 @@ def build_event(audit: NodeAudit, scope: Scope, state: dict[str, Any], status: i
         outcome_for_status(status),
         actor,
         entities,
+        purpose=_purpose(state),
     )
 
 
+def _purpose(state: dict[str, Any]) -> Purpose | None:
+    """The purpose of use: what a network request declared, or what a purpose-bound principal
+    (a training credential) acts for."""
+    declared = state.get(_PURPOSE)
+    if declared in _PURPOSES:
+        return Purpose(declared)
+    principal = state.get("principal")
+    if isinstance(principal, Principal) and principal.purpose is not None:
+        try:
+            return Purpose(principal.purpose)
+        except ValueError:
+            return None
+    return None
+
+
 def _actor(audit: NodeAudit, state: dict[str, Any], host: str | None) -> Actor:
+    peer = state.get(_PEER)
+    if isinstance(peer, str):
+        # Another member's node (mutual TLS): named by its member account.
+        return Actor(peer, ParticipantRole.DESTINATION, host)
     principal = state.get("principal")
     if isinstance(principal, Principal):
         if principal.role == "patient" and principal.patient is not None:
@@ -166,7 +208,8 @@ def _actor(audit: NodeAudit, state: dict[str, Any], host: str | None) -> Actor:
         try:
             role = ParticipantRole(principal.role)
         except ValueError:
-            role = ParticipantRole.SOURCE
+            # A service credential (the trainer) is an application, not a person's role.
+            role = ParticipantRole.APPLICATION if principal.purpose else ParticipantRole.SOURCE
         return Actor(f"user:{token_or_hash(principal.subject)}", role, host)
     login = state.get(_LOGIN)
     if login is not None:
@@ -193,6 +236,8 @@ def classify(audit: NodeAudit, method: str, path: str, query: str) -> Classified
         return _fhir(audit, method, path[len("/fhir/") :], params, query, action)
     if path == "/auth/token":
         return Classified(EventType.USER_AUTHENTICATION, Action.EXECUTE, [])
+    if path.startswith("/network/"):
+        return _network(audit, method, path, params, query)
     if path.startswith("/gateway/"):
         # A capture becomes new DICOM instances: PS3.15 A.5.3.7 Import.
         return Classified(EventType.IMPORT, Action.CREATE, [])
@@ -287,3 +332,35 @@ def _fhir(
             event_type = EventType.QUERY
         return Classified(event_type, Action.EXECUTE, entities)
     return Classified(event_type, action, entities)
+
+
+def _network(
+    audit: NodeAudit, method: str, path: str, params: list[tuple[str, str]], query: str
+) -> Classified:
+    """Network API requests. The transfers themselves get their own events from the exchange
+    services (one per side, naming the transfer id); the request around a transfer is recorded
+    here as its beginning (PS3.15 A.5.3.2 Begin Transferring DICOM Instances)."""
+    parts = [p for p in path.split("/") if p]  # network, [peer,] studies, [uid, [$retrieve]]
+    peer = len(parts) > 1 and parts[1] == "peer"
+    rest = parts[2:] if peer else parts[1:]
+    entities: Entities = []
+    if rest[:1] == ["studies"] and len(rest) >= 2:
+        entities.append((EntityKind.STUDY, uid_hash(rest[1])))
+        action = Action.READ if peer else Action.CREATE
+        return Classified(EventType.BEGIN_TRANSFERRING_INSTANCES, action, entities)
+    if rest == ["studies"] and method == "GET":
+        for name, value in params:
+            if name != "patient" or not value:
+                continue
+            if _ADDRESS.match(value):
+                entities.append((EntityKind.PATIENT, value.lower()))
+            else:  # a local Patient id
+                entities.append((EntityKind.PATIENT, audit.patient_resource_ref(value)))
+        entities.append((EntityKind.QUERY, uid_hash(f"{path}?{query}")))
+        return Classified(EventType.QUERY, Action.EXECUTE, entities)
+    if rest == ["transfers"]:
+        entities.append((EntityKind.QUERY, uid_hash(f"{path}?{query}")))
+        return Classified(EventType.QUERY, Action.EXECUTE, entities)
+    return Classified(
+        EventType.APPLICATION_ACTIVITY, _METHOD_ACTION.get(method, Action.EXECUTE), entities
+    )

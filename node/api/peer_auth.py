@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from ledger.consortium import Member
+from node.api.audit_http import note_peer
 from node.tls.peers import PeerDirectory, PeerRefusedError, verify_peer
 from node.tls.uvicorn_mtls import peer_certificate_der
 
@@ -20,8 +21,13 @@ def get_peer(request: Request) -> Member:
     """The consortium member calling, or 403 (sync: the membership check may call the chain)."""
     directory: PeerDirectory | None = getattr(request.app.state, "peer_directory", None)
     if directory is None:
-        raise PeerRefusedError("this node accepts no peers: no consortium CA is configured")
-    return verify_peer(peer_certificate_der(request.scope), directory)
+        raise PeerRefusedError(
+            "this node accepts no peers: it needs its ledger link and the consortium CA "
+            "(tls_ca_cert)"
+        )
+    member = verify_peer(peer_certificate_der(request.scope), directory)
+    note_peer(request, member.account)  # the request's audit event names the member
+    return member
 
 
 PeerDep = Annotated[Member, Depends(get_peer)]

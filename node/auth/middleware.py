@@ -10,12 +10,14 @@ tests/node/test_auth_matrix.py holds every route of the app against this table.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ledger.audit_events import Purpose
 from node.auth.deps import bearer_token
 from node.auth.errors import InsufficientScopeError
 from node.auth.tokens import NodeTokens
@@ -36,6 +38,11 @@ PUBLIC_PATHS = frozenset(
         "/openapi.json",
     }
 )
+
+# Node-to-node routes: authenticated by the caller's consortium client certificate instead of a
+# token (node.api.peer_auth; every route under this prefix depends on it, and the access matrix
+# test holds each one to "403 without a member certificate, whatever the token").
+PEER_PREFIX = "/network/peer/"
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -68,10 +75,9 @@ class RouteRule:
 # compartment (`patient/`; the read and search interactions filter, node.fhir.compartment).
 _FHIR_CLINICAL = ("Patient", "ServiceRequest", "ImagingStudy", "DiagnosticReport", "Observation")
 _ADMIN = frozenset({"admin"})
+_TREATING = frozenset({"clinician", "radiologist"})
 
-# First match wins; a request no rule covers is refused to everyone (default deny). That
-# includes `/network/*` until the cross-hospital routes land with their rules (their peer
-# routes will also demand a consortium client certificate, node.api.peer_auth).
+# First match wins; a request no rule covers is refused to everyone (default deny).
 # - DICOMweb: no patient access until the routes filter by compartment. Deleting a study
 #   destroys its key (crypto-shredding), and /admin runs the node: both need the admin role
 #   with its unnarrowed scopes (`user/*.write` / `user/*.read`), so a service credential cut
@@ -81,6 +87,9 @@ _ADMIN = frozenset({"admin"})
 # - FHIR: radiologists (and admins) write reports; the CapabilityStatement is public.
 #   AuditEvent: auditors, admins, and a patient for their own events; Consent: staff and
 #   auditors read, a patient (or an admin) submits one the patient signed.
+# - Network: the staff who treat search the consortium and copy a study from its owner (a
+#   cross-hospital access under the patient's consent, or break-glass); they, auditors and
+#   admins read the provenance of the copies held here. Peer routes take no token (above).
 ROUTE_RULES: tuple[RouteRule, ...] = (
     RouteRule("/dicom-web/", READ_METHODS, ("user/ImagingStudy.read",)),
     RouteRule("/dicom-web/", frozenset({"POST"}), ("user/ImagingStudy.write",)),
@@ -104,9 +113,47 @@ ROUTE_RULES: tuple[RouteRule, ...] = (
     RouteRule(
         "/fhir/Consent", frozenset({"POST"}), ("user/Consent.write", "patient/Consent.write")
     ),
+    RouteRule("/network/studies", READ_METHODS, ("user/ImagingStudy.read",), _TREATING),
+    RouteRule("/network/studies", frozenset({"POST"}), ("user/ImagingStudy.write",), _TREATING),
+    RouteRule(
+        "/network/transfers",
+        READ_METHODS,
+        ("user/Consent.read",),
+        frozenset({"clinician", "radiologist", "auditor", "admin"}),
+    ),
     RouteRule("/admin/", READ_METHODS, ("user/*.read",), _ADMIN),
     RouteRule("/admin/", WRITE_METHODS, ("user/*.write",), _ADMIN),
 )
+
+
+_UID = r"[^/]+"  # the route validates the UID itself (a clear 400, not a 403)
+_STUDY = rf"/dicom-web/studies/{_UID}"
+_SERIES = rf"{_STUDY}/series/{_UID}"
+_INSTANCE = rf"{_SERIES}/instances/{_UID}"
+
+# What a purpose-bound principal may call, on top of its scopes: the training credential
+# (purpose ai-training) searches (QIDO-RS at every level) and retrieves instances and their
+# metadata (WADO-RS), which the node de-identifies on the way out (node.services.training).
+# Frames, bulk data, rendered images and thumbnails are not de-identified responses, and
+# every other route (FHIR, STOW-RS, DELETE, network, admin) is refused.
+PURPOSE_ROUTES: dict[str, tuple[re.Pattern[str], ...]] = {
+    Purpose.AI_TRAINING: tuple(
+        re.compile(p)
+        for p in (
+            r"/dicom-web/(studies|series|instances)",
+            rf"{_STUDY}/(series|instances)",
+            rf"{_SERIES}/instances",
+            rf"({_STUDY}|{_SERIES}|{_INSTANCE})(/metadata)?",
+        )
+    )
+}
+
+
+def purpose_admits(purpose: str, path: str, method: str) -> bool:
+    """True when a principal bound to `purpose` may call `method path` (reads only)."""
+    if method not in READ_METHODS:
+        return False
+    return any(p.fullmatch(path) for p in PURPOSE_ROUTES.get(purpose, ()))
 
 
 def rule_for(
@@ -142,10 +189,17 @@ class BearerAuthMiddleware:
         if scope["type"] != "http" or scope["path"] in self.public_paths:
             await self.app(scope, receive, send)
             return
+        if scope["path"].startswith(PEER_PREFIX):
+            await self.app(scope, receive, send)  # the peer dependency authenticates these
+            return
         try:
             token = bearer_token(_header(scope, b"authorization"))
-            # Off the event loop: verifying an OIDC token may fetch the provider's keys.
-            principal = await run_in_threadpool(lambda: self.tokens().verify(token))
+            tokens = self.tokens()
+            # A token seen before costs a lookup; a new one is verified off the event loop
+            # (an OIDC token's verification may fetch the provider's keys).
+            principal = tokens.cached(token)
+            if principal is None:
+                principal = await run_in_threadpool(tokens.verify, token)
             # Kept before the route check, so that a refusal is audited under who was refused.
             scope.setdefault("state", {})["principal"] = principal
             method = scope.get("method", "GET")
@@ -156,6 +210,12 @@ class BearerAuthMiddleware:
                 raise InsufficientScopeError(" ".join(rule.any_of))
             if rule.roles is not None and principal.role not in rule.roles:
                 raise ForbiddenError("this route is reserved to other roles")
+            purpose = principal.purpose
+            if purpose is not None and not purpose_admits(purpose, scope["path"], method):
+                raise ForbiddenError(
+                    f"this {purpose} credential may only search DICOMweb and retrieve instances "
+                    "and their metadata"
+                )
         except NodeError as exc:
             await _reject(exc, send, fhir=scope["path"].startswith("/fhir/"))
             return

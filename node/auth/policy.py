@@ -15,10 +15,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from ledger.audit_events import Purpose
 from node.errors import ForbiddenError
 
 Role = Literal["clinician", "radiologist", "patient", "auditor", "admin"]
 ROLES: tuple[Role, ...] = ("clinician", "radiologist", "patient", "auditor", "admin")
+# Service roles: token-only accounts an administrator makes for a machine, never a person's
+# sign-in (no password, not mapped from an OIDC provider). The role fixes the purpose of use.
+TRAINER = "trainer"
+SERVICE_ROLES: tuple[str, ...] = (TRAINER,)
+# The purpose a purpose-bound role acts for (ledger Purpose / FHIR purposeOfEvent spelling):
+# a trainer sees only what patients consented to for AI training, de-identified.
+ROLE_PURPOSES: dict[str, str] = {TRAINER: Purpose.AI_TRAINING}
 ACTIONS = ("read", "write")
 CONTEXTS = ("user", "patient", "system")
 
@@ -65,6 +73,10 @@ ROLE_SCOPES: dict[str, tuple[str, ...]] = {
         "user/Endpoint.read",
     ),
     "admin": ("user/*.*", "system/*.*"),
+    # A backend reading images for federated training: DICOMweb reads only, and the route
+    # table narrows it further to QIDO-RS and WADO-RS instances and metadata
+    # (node.auth.middleware.PURPOSE_ROUTES).
+    TRAINER: ("system/ImagingStudy.read",),
 }
 
 
@@ -193,6 +205,11 @@ class Principal:
             return False
         contexts = ("user", "system") if need.context == "user" else (need.context,)
         return self.allows(need.resource, need.action, contexts)
+
+    @property
+    def purpose(self) -> str | None:
+        """The purpose of use this principal is bound to (None: decided per request)."""
+        return ROLE_PURPOSES.get(self.role)
 
     @property
     def compartment_restricted(self) -> bool:

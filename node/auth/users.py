@@ -14,7 +14,7 @@ from sqlalchemy import Engine, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from node.auth.passwords import hash_password, verify_password
-from node.auth.policy import ROLES, PatientBinding
+from node.auth.policy import ROLES, SERVICE_ROLES, PatientBinding
 from node.errors import ConflictError, InvalidRequestError, NotFoundError
 from node.storage.users_index import NodeUser
 
@@ -61,8 +61,13 @@ def add_user(
         raise InvalidRequestError(
             "invalid username: 1-64 letters, digits or . _ @ -, starting with a letter or digit"
         )
-    if role not in ROLES:
-        raise InvalidRequestError(f"unknown role; choose one of {', '.join(ROLES)}")
+    if role not in ROLES and role not in SERVICE_ROLES:
+        known = ", ".join((*ROLES, *SERVICE_ROLES))
+        raise InvalidRequestError(f"unknown role; choose one of {known}")
+    if role in SERVICE_ROLES and password is not None:
+        # A service credential is a token an administrator issues with a bounded lifetime
+        # (`pacsmesh node user token`); a password would let it sign in for fresh ones.
+        raise InvalidRequestError(f"a {role} account is token-only: it takes no password")
     if (role == "patient") != (patient is not None):
         raise InvalidRequestError("a patient account needs --patient MRN; other roles take none")
     if password is not None and len(password) < MIN_PASSWORD:

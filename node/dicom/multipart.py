@@ -99,7 +99,7 @@ class MultipartParser:
         self._buf = bytearray()
         self._state = _PREAMBLE
 
-    def feed(self, chunk: bytes) -> list[Event]:
+    def feed(self, chunk: bytes | bytearray) -> list[Event]:
         """Consume the next body bytes."""
         self._buf += chunk
         events: list[Event] = []

@@ -1,7 +1,9 @@
 """Association policy: only known AE titles may associate (PS3.8 §7.1.1.3).
 
 Titles are compared upper-cased and stripped, because settings from environment variables
-arrive lower-cased and peers pad with spaces.
+arrive lower-cased and peers pad with spaces. An AE configured with `tls = true` may associate
+only over DICOM TLS: on the plain port its title is refused like an unknown one, so that
+nobody can borrow it without its certificate.
 """
 
 from __future__ import annotations
@@ -40,13 +42,20 @@ class KnownAEs:
         return self._by_title.get(normalise_title(title))
 
 
-def handle_requested(event: Event, known: KnownAEs) -> None:
-    """EVT_REQUESTED: refuse an association from an unknown calling AE before negotiation."""
+def handle_requested(event: Event, known: KnownAEs, over_tls: bool = False) -> None:
+    """EVT_REQUESTED: refuse an association from an unknown calling AE before negotiation.
+
+    `over_tls` is bound per listener: True on the DICOM TLS port.
+    """
     request = event.assoc.requestor.primitive
-    if request is None or known.get(request.calling_ae_title) is None:
+    ae = known.get(request.calling_ae_title) if request is not None else None
+    if ae is None or (ae.tls and not over_tls):
         # An AE title names a device, not a person: operators need it to fix the settings.
         calling = request.calling_ae_title if request is not None else "?"
-        log.warning("association refused: calling AE title %r not recognized", calling)
+        if ae is None:
+            log.warning("association refused: calling AE title %r not recognized", calling)
+        else:
+            log.warning("association refused: AE %r must use the DICOM TLS port", calling)
         event.assoc.acse.send_reject(
             REJECTED_PERMANENT, SOURCE_SERVICE_USER, CALLING_AE_NOT_RECOGNIZED
         )

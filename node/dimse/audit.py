@@ -23,6 +23,10 @@ from pynetdicom.events import Event
 from node.services.audit import NodeAudit, audit_dimse
 
 _PENDING: Final = (0xFF00, 0xFF01)
+# The destination could not be associated with (unreachable, or its TLS certificate refused):
+# pynetdicom answers A801, as for an unknown destination.
+_MOVE_DESTINATION_UNREACHABLE: Final = 0xA801
+_UNABLE_TO_PROCESS: Final = 0xC000
 _MAX_OBJECTS: Final = 500  # entities per event stay well under the log's 1024
 _HEADER_TAGS: Final = [0x00080050, 0x00100020, 0x00100021, 0x0020000D]
 
@@ -114,14 +118,24 @@ def find(event: Event, inner: Iterator[Any], service: str, audit: NodeAudit) -> 
 
 
 def retrieve(event: Event, inner: Iterator[Any], service: str, audit: NodeAudit) -> Iterator[Any]:
-    """EVT_C_GET / EVT_C_MOVE through `inner`: the instances sent, recorded before the end."""
+    """EVT_C_GET / EVT_C_MOVE through `inner`: the instances sent, recorded before the end.
+
+    pynetdicom stops reading the handler, without a final yield, when there is nothing to send
+    and when it cannot associate with the C-MOVE destination (it answers 0000 and A801); the
+    handler is then closed, and the event is recorded there with that status.
+    """
     identifier: Dataset = event.identifier
     title, host = _peer(event)
     studies: dict[str, None] = {}
     instances: dict[str, None] = {}
     patient = _text(identifier, "PatientID")
+    count: int | None = None
+    sub_operations = 0
+    recorded = False
 
     def record(status: int) -> None:
+        nonlocal recorded
+        recorded = True
         audit_dimse(
             audit,
             service,
@@ -135,24 +149,41 @@ def retrieve(event: Event, inner: Iterator[Any], service: str, audit: NodeAudit)
             query=_query_text(identifier),
         )
 
-    for item in inner:
-        if isinstance(item, tuple) and len(item) == 2:
-            if item[0] is None:  # C-MOVE destination unknown: pynetdicom answers 0xA801
-                record(0xA801)
-                yield item
-                return
-            status = _status(item[0])
-            if status not in _PENDING:
-                record(status)
-                yield item
-                return
-            ds = item[1]
-            if isinstance(ds, Dataset):
-                study, sop = _text(ds, "StudyInstanceUID"), _text(ds, "SOPInstanceUID")
-                if study:
-                    studies[study] = None
-                if sop and len(instances) < _MAX_OBJECTS:
-                    instances[sop] = None
-                patient = patient or _text(ds, "PatientID")
-        yield item
-    record(0x0000)
+    try:
+        for item in inner:
+            if isinstance(item, int) and not isinstance(item, bool):
+                count = item
+            elif isinstance(item, tuple) and len(item) == 2:
+                if item[0] is None:  # C-MOVE destination unknown: pynetdicom answers 0xA801
+                    record(0xA801)
+                    yield item
+                    return
+                status = _status(item[0])
+                if status not in _PENDING:
+                    record(status)
+                    yield item
+                    return
+                sub_operations += 1
+                ds = item[1]
+                if isinstance(ds, Dataset):
+                    study, sop = _text(ds, "StudyInstanceUID"), _text(ds, "SOPInstanceUID")
+                    if study:
+                        studies[study] = None
+                    if sop and len(instances) < _MAX_OBJECTS:
+                        instances[sop] = None
+                    patient = patient or _text(ds, "PatientID")
+            yield item
+        record(0x0000)
+    except GeneratorExit:
+        if not recorded:
+            record(_abandoned_status(service, count, sub_operations))
+        raise
+
+
+def _abandoned_status(service: str, count: int | None, sub_operations: int) -> int:
+    """The status pynetdicom answered when it stopped reading the handler early."""
+    if count == 0:
+        return 0x0000  # nothing matched: success, no sub-operations
+    if service == "C-MOVE" and count is not None and sub_operations == 0:
+        return _MOVE_DESTINATION_UNREACHABLE
+    return _UNABLE_TO_PROCESS  # the association went away during the sub-operations

@@ -2,7 +2,8 @@
 
 What to send is found by the archive's query service (a DICOM retrieve identifier is a list of
 unique keys, PS3.4 C.4.2.2.1); the bytes come from the retrieve service and are sent as stored,
-in their stored transfer syntax. C-MOVE destinations must be known AEs (settings.remote_aes).
+in their stored transfer syntax. C-MOVE destinations must be known AEs (settings.remote_aes);
+one configured with `tls = true` is reached over DICOM TLS, its certificate verified.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, build_context
 
 from node.dimse import identifiers
-from node.dimse.association import KnownAEs
+from node.dimse.association import KnownAEs, normalise_title
 from node.dimse.status import failure
+from node.dimse.tls import OutboundTls
 from node.errors import InvalidRequestError, NodeError, NotAcceptableError
 from node.services import retrieve
 from node.services.archive import Archive
@@ -186,18 +188,40 @@ def handle_get(event: Event, archive: Archive) -> Iterator[Any]:
     yield from _cancellable(event, _datasets(archive, rows, _accepted_storage(event)))
 
 
-def handle_move(event: Event, archive: Archive, known: KnownAEs) -> Iterator[Any]:
+def handle_move(
+    event: Event, archive: Archive, known: KnownAEs, outbound: OutboundTls | None = None
+) -> Iterator[Any]:
     """EVT_C_MOVE: the destination, the count of sub-operations, then each instance."""
-    destination = known.get(event.move_destination or "")
-    if destination is None:
+    title = event.move_destination or ""
+    destination = known.get(title)
+    tls_args = outbound.tls_args(title) if outbound is not None else None
+    if destination is None or (destination.tls and tls_args is None):
         log.warning("C-MOVE refused: move destination is not a known AE")
         yield None, None  # pynetdicom answers 0xA801, Move Destination unknown
         return
     # An identifier the service refuses raises here, before the first yield: pynetdicom then
     # answers 0xC514 (Unable to process) without associating with the destination.
     rows = instances_to_send(archive, event.identifier)
-    yield destination.host, destination.port, {"contexts": storage_contexts(rows)}
-    yield len(rows)
+    # A TLS destination whose certificate does not verify is never associated with: A801.
+    options: dict[str, Any] = {"contexts": storage_contexts(rows)}
+    if tls_args is not None:
+        options["tls_args"] = tls_args
+    yield destination.host, destination.port, options
+    try:
+        yield len(rows)
+    except GeneratorExit:
+        # pynetdicom stops here when it could not associate (it answers A801) and logs why
+        # only at its own level: say it where operators look. An AE title is no personal data.
+        if rows:
+            hint = " over DICOM TLS (check its certificate and tls_ca_cert)" if tls_args else ""
+            log.warning(
+                "C-MOVE: could not associate with destination %s at %s:%d%s",
+                normalise_title(title),
+                destination.host,
+                destination.port,
+                hint,
+            )
+        raise
     yield from _cancellable(
         event, _move_datasets(event, archive, rows, destination.host, destination.port)
     )

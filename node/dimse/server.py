@@ -1,8 +1,11 @@
-"""The node's DIMSE service: one pynetdicom AE on settings.host:settings.dimse_port.
+"""The node's DIMSE service: one pynetdicom AE on settings.host, plain and/or DICOM TLS.
 
 `start_dimse(settings, archive)` binds every handler to its dependencies (the archive, the known
-AEs, this node's title) and starts a threaded, non-blocking server; `DimseService.stop` shuts it
-down. Each association runs in its own thread, as pynetdicom's servers do.
+AEs, this node's title) and starts threaded, non-blocking servers: the plain listener on
+`dimse_port` and the DICOM TLS listener (PS3.15 B.12, node/dimse/tls.py) on `dimse_tls_port`,
+either of which 0 turns off. Both serve the same AE with the same handlers and policy; the TLS
+one also checks client certificates. `DimseService.stop` shuts them down. Each association
+runs in its own thread, as pynetdicom's servers do.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 from pydicom.uid import UID
@@ -31,10 +35,11 @@ from node.dimse.association import KnownAEs, handle_requested
 from node.dimse.find import PATIENT_ROOT_LEVELS, STUDY_ROOT_LEVELS, handle_find
 from node.dimse.retrieve import handle_get, handle_move
 from node.dimse.store import handle_store
-from node.dimse.transport import LowLatencyAssociationServer
+from node.dimse.tls import OutboundTls, server_context
+from node.dimse.transport import LowLatencyAssociationServer, TlsAssociationServer
 from node.dimse.worklist import handle_worklist
 from node.services.archive import Archive
-from node.services.audit import NodeAudit
+from node.services.audit import NodeAudit, audit_tls_refusal
 from node.settings import NodeSettings
 
 log = logging.getLogger("pacsmesh.dimse")
@@ -68,20 +73,25 @@ MAX_PDU: Final = 1 << 20
 
 @dataclass
 class DimseService:
-    """A running DIMSE listener."""
+    """The running DIMSE listeners (plain, TLS, or both) of the node's one AE."""
 
-    server: ThreadedAssociationServer
     ae: AE
+    server: ThreadedAssociationServer | None = None
+    tls_server: ThreadedAssociationServer | None = None
 
     @property
-    def port(self) -> int:
-        """The port actually bound (settings may ask for 0 in tests of this module)."""
-        return int(self.server.server_address[1])
+    def port(self) -> int | None:
+        """The plain port actually bound, None when that listener is off."""
+        return None if self.server is None else int(self.server.server_address[1])
+
+    @property
+    def tls_port(self) -> int | None:
+        """The DICOM TLS port actually bound, None when that listener is off."""
+        return None if self.tls_server is None else int(self.tls_server.server_address[1])
 
     def stop(self) -> None:
-        """Stop accepting, end open associations, release the port."""
-        self.server.shutdown()
-        self.ae.shutdown()
+        """End open associations, stop accepting, release the ports."""
+        self.ae.shutdown()  # every server _serve registered with it
 
 
 def build_ae(settings: NodeSettings) -> AE:
@@ -114,34 +124,70 @@ def start_dimse(
     # pynetdicom logs request identifiers (patient names and IDs) at INFO: never let them through.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     known = KnownAEs(settings.remote_aes)
+    outbound = OutboundTls(settings)  # loads every TLS file now: a bad one stops the start
     ae = build_ae(settings)
     title = settings.ae_title
     handlers: list[Any] = [
-        (evt.EVT_REQUESTED, handle_requested, [known]),
         (evt.EVT_C_ECHO, _handle_echo),
         (evt.EVT_C_STORE, handle_store, [archive, known]),
         (evt.EVT_C_FIND, _route_find, [archive, title]),
         (evt.EVT_C_GET, handle_get, [archive]),
-        (evt.EVT_C_MOVE, handle_move, [archive, known]),
+        (evt.EVT_C_MOVE, handle_move, [archive, known, outbound]),
     ]
     if audit is not None:
-        handlers[2:] = [
+        handlers[1:] = [
             (evt.EVT_C_STORE, audited.store, [handle_store, [archive, known], audit]),
             (evt.EVT_C_FIND, _audited_find, [archive, title, audit]),
             (evt.EVT_C_GET, _audited_get, [archive, audit]),
-            (evt.EVT_C_MOVE, _audited_move, [archive, known, audit]),
+            (evt.EVT_C_MOVE, _audited_move, [archive, known, outbound, audit]),
         ]
-    # start_server(block=False) with our server class: make_server is pynetdicom's hook for it.
-    server = ae.make_server(
-        (settings.host, settings.dimse_port),
-        evt_handlers=handlers,
-        server_class=LowLatencyAssociationServer,
-    )
-    thread = threading.Thread(target=server.serve_forever, name="dimse-acceptor", daemon=True)
-    thread.start()
-    service = DimseService(server, ae)
-    log.info("DIMSE listening as %s on %s:%d", title, settings.host, service.port)
+    if not settings.dimse_tls_port:
+        for name, remote in settings.remote_aes.items():
+            if remote.tls:
+                log.warning(
+                    "AE %s has tls = true but the DICOM TLS port is off: it can be a C-MOVE "
+                    "destination, but cannot associate with this node",
+                    name.upper(),
+                )
+    service = DimseService(ae)
+    try:
+        if settings.dimse_port:
+            # start_server(block=False) with our server class: make_server is pynetdicom's hook.
+            service.server = ae.make_server(
+                (settings.host, settings.dimse_port),
+                evt_handlers=[(evt.EVT_REQUESTED, handle_requested, [known, False]), *handlers],
+                server_class=LowLatencyAssociationServer,
+            )
+            _serve(ae, service.server, "dimse-acceptor")
+            log.info("DIMSE listening as %s on %s:%d", title, settings.host, service.port)
+        if settings.dimse_tls_port:
+            refused = None if audit is None else partial(_record_refusal, audit)
+            service.tls_server = ae.make_server(
+                (settings.host, settings.dimse_tls_port),
+                ssl_context=server_context(settings),
+                evt_handlers=[(evt.EVT_REQUESTED, handle_requested, [known, True]), *handlers],
+                server_class=TlsAssociationServer,
+                refused=refused,
+            )
+            _serve(ae, service.tls_server, "dimse-tls-acceptor")
+            log.info("DICOM TLS listening as %s on %s:%d", title, settings.host, service.tls_port)
+    except BaseException:
+        service.stop()
+        raise
     return service
+
+
+def _serve(ae: AE, server: ThreadedAssociationServer, name: str) -> None:
+    # As AE.start_server does, and make_server does not: register the server with its AE, or
+    # server.shutdown() raises (it removes itself from that list) and AE.shutdown misses it.
+    ae._servers.append(server)
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+
+
+def _record_refusal(audit: NodeAudit, peer: str, reason: str, probe: bool) -> None:
+    """A refused TLS handshake is a failed node authentication: audited unless a bare probe."""
+    if not probe:
+        audit_tls_refusal(audit, peer, reason)
 
 
 def _handle_echo(_event: evt.Event) -> int:
@@ -173,6 +219,9 @@ def _audited_get(event: evt.Event, archive: Archive, audit: NodeAudit):  # type:
     yield from audited.retrieve(event, handle_get(event, archive), "C-GET", audit)
 
 
-def _audited_move(event: evt.Event, archive: Archive, known: KnownAEs, audit: NodeAudit):  # type: ignore[no-untyped-def]
+def _audited_move(  # type: ignore[no-untyped-def]
+    event: evt.Event, archive: Archive, known: KnownAEs, outbound: OutboundTls, audit: NodeAudit
+):
     """EVT_C_MOVE, recorded in the audit trail before its final response."""
-    yield from audited.retrieve(event, handle_move(event, archive, known), "C-MOVE", audit)
+    moves = handle_move(event, archive, known, outbound)
+    yield from audited.retrieve(event, moves, "C-MOVE", audit)

@@ -22,9 +22,10 @@ from typing import Any, Final
 
 from ledger.audit_events import EventType
 from ledger.audit_log import AnchorRecord, AuditLog
+from ledger.audit_wire import PROOF_URL
 from node.fhir.audit_search import DCM, Hit, subtype_of
 
-PROOF_URL: Final = "https://pacsmesh.org/fhir/StructureDefinition/audit-log-proof"
+__all__ = ["PROOF_URL", "TreeHead", "audit_event_resource", "proof_extension"]
 ENTITY_SYSTEM: Final = "https://pacsmesh.org/fhir/audit-entity/"
 AGENT_SYSTEM: Final = "https://pacsmesh.org/fhir/audit-agent"
 ROLE_SYSTEM: Final = "https://pacsmesh.org/fhir/CodeSystem/user-role"

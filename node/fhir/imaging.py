@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Connection, Table, exists, false, or_, sel
 
 from node.errors import NotFoundError
 from node.fhir.orders import DCM, ORDER_T, accession_of, order_id
-from node.fhir.patients import V2_0203, patient_mrn, patient_reference
+from node.fhir.patients import V2_0203, patient_condition, patient_reference
 from node.fhir.search import (
     FHIR_ID,
     Page,
@@ -201,7 +201,8 @@ def search_studies(conn: Connection, search: SearchRequest) -> Page:
         where.append(t.c.study_uid.in_(values))
     for param in ("patient", "subject"):
         for values in split_or(search.values(param)):
-            where.append(_patient(conn, values, param))
+            # The index holds no issuer for a study's Patient ID: the MRN alone matches.
+            where.append(patient_condition(conn, values, param, STUDY_T.c.patient_id, None))
     for values in split_or(search.values("identifier")):
         where.append(or_(*(_identifier(v) for v in values)))
     for values in split_or(search.values("accession")):
@@ -231,16 +232,6 @@ def search_studies(conn: Connection, search: SearchRequest) -> Page:
     order = [t.c.study_date.asc().nulls_last(), t.c.study_time.asc().nulls_last(), t.c.study_uid]
     total, rows = run_page(conn, t, where, order, search)
     return Page(total, study_resources(conn, rows))
-
-
-def _patient(conn: Connection, values: list[str], param: str) -> ColumnElement[bool]:
-    # The index holds no issuer for a study's Patient ID: the MRN alone matches.
-    mrns = []
-    for value in values:
-        found = patient_mrn(conn, reference_id(value, "Patient", param))
-        if found is not None:
-            mrns.append(found[0])
-    return STUDY_T.c.patient_id.in_(mrns) if mrns else false()
 
 
 def _identifier(value: str) -> ColumnElement[bool]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Final, cast
 
-from sqlalchemy import ColumnElement, Connection, Table, false, or_, select
+from sqlalchemy import ColumnElement, Connection, Table, or_, select
 
 from node.errors import NotFoundError
 from node.fhir.orders import code_system
-from node.fhir.patients import patient_mrn, patient_reference
+from node.fhir.patients import patient_condition, patient_reference
 from node.fhir.search import (
     Page,
     SearchRequest,
@@ -74,12 +74,7 @@ def search_observations(conn: Connection, search: SearchRequest) -> Page:
         where.append(t.c.observation_key.in_([int(v) for v in values if v.isdigit()]))
     for param in ("patient", "subject"):
         for values in split_or(search.values(param)):
-            mrns = [
-                found[0]
-                for v in values
-                if (found := patient_mrn(conn, reference_id(v, "Patient", param))) is not None
-            ]
-            where.append(t.c.patient_mrn.in_(mrns) if mrns else false())
+            where.append(patient_condition(conn, values, param, t.c.patient_mrn, None))
     for values in split_or(search.values("code")):
         where.append(or_(*(_code(v) for v in values)))
     for values in split_or(search.values("derived-from")):

@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from typing import Any, Final, cast
 
-from sqlalchemy import ColumnElement, Connection, Table, false, or_, select
+from sqlalchemy import ColumnElement, Connection, Table, or_, select
 
 from node.errors import NotFoundError
-from node.fhir.patients import V2_0203, patient_mrn, patient_reference
+from node.fhir.patients import V2_0203, patient_condition, patient_reference
 from node.fhir.search import (
     Page,
     SearchRequest,
@@ -21,7 +21,6 @@ from node.fhir.search import (
     display_name,
     fhir_datetime,
     fhir_instant,
-    reference_id,
     run_page,
     split_or,
     token,
@@ -172,21 +171,6 @@ def read_order(conn: Connection, resource_id: str) -> dict[str, Any]:
     if row is None:
         raise NotFoundError(f"no ServiceRequest with id {resource_id}")
     return order_resource(conn, row)
-
-
-def patient_condition(
-    conn: Connection, values: list[str], param: str, mrn_col: Any, issuer_col: Any | None
-) -> ColumnElement[bool]:
-    """`patient=` / `subject=`: rows whose MRN (and issuer) is one of these Patients'."""
-    clauses: list[ColumnElement[bool]] = []
-    for value in values:
-        found = patient_mrn(conn, reference_id(value, "Patient", param))
-        if found is not None:
-            clause = mrn_col == found[0]
-            if issuer_col is not None:
-                clause = clause & (issuer_col == found[1])
-            clauses.append(clause)
-    return or_(*clauses) if clauses else false()
 
 
 def search_orders(conn: Connection, search: SearchRequest) -> Page:

@@ -16,6 +16,7 @@ from node.fhir.search import (
     fhir_date,
     human_name,
     like_escape,
+    reference_id,
     run_page,
     split_or,
     token,
@@ -166,3 +167,18 @@ def _name_match(value: str) -> ColumnElement[bool]:
 def valid_id(value: str) -> bool:
     """Whether a string is a FHIR id (R4 §2.24.0.1 id datatype)."""
     return FHIR_ID.fullmatch(value) is not None
+
+
+def patient_condition(
+    conn: Connection, values: list[str], param: str, mrn_col: Any, issuer_col: Any | None
+) -> ColumnElement[bool]:
+    """`patient=` / `subject=`: rows whose MRN (and issuer) is one of these Patients'."""
+    clauses: list[ColumnElement[bool]] = []
+    for value in values:
+        found = patient_mrn(conn, reference_id(value, "Patient", param))
+        if found is not None:
+            clause = mrn_col == found[0]
+            if issuer_col is not None:
+                clause = clause & (issuer_col == found[1])
+            clauses.append(clause)
+    return or_(*clauses) if clauses else false()

@@ -14,12 +14,12 @@ from typing import Any, Final
 
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, Connection, false, or_, select
+from sqlalchemy import ColumnElement, Connection, or_, select
 
 from node.errors import InvalidRequestError, NotFoundError
 from node.fhir.imaging import STUDY_T
 from node.fhir.orders import accession_of, order_id
-from node.fhir.patients import patient_mrn, patient_reference
+from node.fhir.patients import patient_condition, patient_mrn, patient_reference
 from node.fhir.search import (
     Page,
     SearchRequest,
@@ -190,12 +190,7 @@ def search_reports(conn: Connection, search: SearchRequest) -> Page:
         where.append(t.c.report_key.in_([int(v) for v in values if v.isdigit()]))
     for param in ("patient", "subject"):
         for values in split_or(search.values(param)):
-            mrns = [
-                found[0]
-                for v in values
-                if (found := patient_mrn(conn, reference_id(v, "Patient", param))) is not None
-            ]
-            where.append(t.c.patient_mrn.in_(mrns) if mrns else false())
+            where.append(patient_condition(conn, values, param, t.c.patient_mrn, None))
     for values in split_or(search.values("status")):
         where.append(t.c.status.in_(values))
     for values in split_or(search.values("date")):

@@ -18,7 +18,6 @@ trying every MRN) or a ledger address; UIDs, accession numbers and queries as SH
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -26,6 +25,7 @@ import re
 import secrets
 import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -170,11 +170,11 @@ class NodeAudit:
     async def record_async(self, event: AuditEvent) -> int:
         """Record an event without blocking the event loop; returns once it is durable.
 
-        Shielded: a client that goes away while its event is being committed does not cancel
-        the event (the recorder would drop a cancelled one), the access happened all the same.
+        A client that goes away while its event is being committed does not withdraw the event
+        (``record_in_loop`` records it whether or not anyone still awaits it): the access
+        happened all the same.
         """
-        future = self.recorder.record_async(event)
-        return await asyncio.shield(asyncio.wrap_future(future))
+        return await self.recorder.record_in_loop(event)
 
 
 def load_pseudonym_key(path: Path) -> bytes:
@@ -266,6 +266,38 @@ def audit_dimse(
         entities.append((EntityKind.QUERY, uid_hash(query)))
     event = audit.event(event_type, action, dimse_status_outcome(status), actor, entities)
     return audit.record(event)
+
+
+def tls_refusal_event(
+    audit: NodeAudit, peer_host: str | None, reason: str, listener: str = "dicom-tls"
+) -> AuditEvent:
+    """A refused TLS handshake: PS3.15 A.5.3.11 Security Alert, "Node Authentication" failed.
+
+    The peer is known only by its address (when the listener has it); the entity names the
+    listener and the reason token (``dicom-tls:not-tls``, ``https:certificate-not-trusted``).
+    """
+    actor = Actor(ANONYMOUS, ParticipantRole.SOURCE, peer_host)
+    entities = [(EntityKind.NODE, f"{listener}:{token_or_hash(reason)}")]
+    return audit.event(
+        EventType.SECURITY_ALERT, Action.EXECUTE, Outcome.MINOR_FAILURE, actor, entities
+    )
+
+
+def audit_tls_refusal(audit: NodeAudit, peer_host: str, reason: str) -> int:
+    """Record a refused DICOM TLS handshake (blocking until durable); returns its leaf index."""
+    return audit.record(tls_refusal_event(audit, peer_host, reason))
+
+
+def audit_https_refusal(audit: NodeAudit, reason: str) -> None:
+    """Record a refused HTTPS handshake without blocking (it happens on the event loop and
+    answers nobody); a failure to record is logged, not lost silently."""
+    future = audit.recorder.record_async(tls_refusal_event(audit, None, reason, "https"))
+
+    def done(f: Future[int]) -> None:
+        if f.exception() is not None:
+            log.error("a refused HTTPS handshake could not be audited: %s", f.exception())
+
+    future.add_done_callback(done)
 
 
 # -- anchoring ------------------------------------------------------------------------------------

@@ -3,9 +3,11 @@
 - Own-hospital care (the requester is this node's own member account) needs no ledger
   consent: local roles decide it, and the access is audited like any other.
 - Cross-hospital access needs a grant in force for (patient, requester, purpose, study) at the
-  cache's synced block; the answer names the permitting grant (its consentRef, the value the
-  access record on chain carries) and how stale the cache was (`stale_by`, seconds). A cache
-  older than its bound gives no answer (503), never a stale yes.
+  cache's synced block; the exchange decides `at_head()`, which first brings the cache to the
+  chain's head, so that a revocation refuses from its block on. The answer names the
+  permitting grant (its consentRef, the value the access record on chain carries) and how
+  stale the cache was (`stale_by`, seconds). A cache older than its bound gives no answer
+  (503), never a stale yes.
 - Break-glass: a clinician may override with a reason code; the override is recorded on chain
   (ConsentRegistry.recordBreakGlass, seen by the patient and auditors) before the access, and
   the decision is flagged.
@@ -69,6 +71,13 @@ class ConsentDecisions:
     def __init__(self, link: LedgerLink) -> None:
         self.link = link
 
+    def at_head(self) -> ConsentDecisions:
+        """Decide at the chain's head: the cache first catches up with any block mined since
+        its last background sync (a revocation a moment ago counts, so does a new grant)."""
+        with ledger_errors():
+            self.link.cache.sync_to_head()
+        return self
+
     def decide(
         self,
         requester_member: str,
@@ -81,8 +90,23 @@ class ConsentDecisions:
         requester, patient = _address(requester_member), _address(patient_address)
         if requester == self.link.account.lower():
             return Decision(True, None, self.link.cache.synced_block, 0.0, local=True)
+        return self._grant(patient, requester, purpose, study_uid)
+
+    def own_access(self, patient_address: str, purpose: Purpose, study_uid: str | None) -> Decision:
+        """May this node itself access the patient's study held by another hospital?
+
+        `decide` judges a requester from the owner's side, where this node's own account means
+        own-hospital care; a requester asking about its own cross-hospital access needs the
+        grant to it, so this asks the cache directly.
+        """
+        return self._grant(_address(patient_address), self.link.account.lower(), purpose, study_uid)
+
+    def _grant(
+        self, patient: str, grantee: str, purpose: Purpose, study_uid: str | None
+    ) -> Decision:
+        """The consent cache's answer for a grant, with the permitting grant's consentRef."""
         with ledger_errors():
-            answer = self.link.cache.check(patient, requester, purpose, study_hash(study_uid))
+            answer = self.link.cache.check(patient, grantee, purpose, study_hash(study_uid))
         ref = None if answer.consent_ref is None else "0x" + answer.consent_ref.hex()
         return Decision(answer.permitted, ref, answer.synced_block, answer.age_seconds)
 

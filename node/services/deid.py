@@ -149,6 +149,34 @@ def deidentify(
     return report
 
 
+def deidentify_attributes(
+    ds: Dataset,
+    secret: bytes,
+    options: DeidOptions | None = None,
+    table: ActionTable | None = None,
+) -> DeidReport:
+    """Apply the table to a partial dataset in place (a query result), without the rest.
+
+    The same actions as `deidentify`, but no method attributes are added and burned-in
+    annotation is not judged: a query result carries a few header attributes, not the pixels.
+    """
+    report = DeidReport()
+    _clean(ds, table or annex_e_table(), options or DeidOptions(), UidMapper(secret), report)
+    return report
+
+
+def effective_action(
+    tag: int, vr: str, options: DeidOptions, table: ActionTable | None = None
+) -> str:
+    """What de-identification does to a top-level attribute: X, Z, D, U, U* or K (kept)."""
+    if (tag >> 16) % 2:
+        return "X"  # private attributes are always removed
+    listed = (table or annex_e_table()).action(tag)
+    if listed is None:
+        return "K"
+    return _effective(listed, tag, vr, options)
+
+
 def _effective(action: str, tag: int, vr: str, options: DeidOptions) -> str:
     if options.retain_patient_characteristics and tag in PATIENT_CHARACTERISTICS:
         return "K"
@@ -270,4 +298,6 @@ __all__ = [
     "DeidentificationRefusedError",
     "UidMapper",
     "deidentify",
+    "deidentify_attributes",
+    "effective_action",
 ]

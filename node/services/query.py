@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Final, cast
 
 from sqlalchemy import (
@@ -28,6 +28,7 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    bindparam,
     exists,
     func,
     or_,
@@ -54,7 +55,15 @@ from node.services.query_keys import (
 )
 from node.storage.index import Instance, Series, Study
 
-__all__ = ["MAX_RESULTS", "Query", "QueryLevel", "bounded", "parse_query", "search"]
+__all__ = [
+    "MAX_RESULTS",
+    "Query",
+    "QueryLevel",
+    "SearchScope",
+    "bounded",
+    "parse_query",
+    "search",
+]
 
 MetadataLoader = Callable[[list[str]], dict[str, dict[str, Any]]]
 DicomJson = dict[str, Any]
@@ -99,6 +108,34 @@ def bounded(query: Query, max_results: int = MAX_RESULTS) -> Query:
     """The query limited to max_results + 1, so that the caller can tell it was cut short."""
     wanted = max_results + 1 if query.limit is None else min(query.limit, max_results + 1)
     return replace(query, limit=wanted)
+
+
+@dataclass(frozen=True)
+class SearchScope:
+    """The part of the archive a search may see (a credential limited to some studies).
+
+    Only `study_uids`; below study level, only series whose modality is not excluded (a NULL
+    modality counts as excluded) and, with `images_only`, only instances with pixel rows.
+    """
+
+    study_uids: frozenset[str]
+    excluded_modalities: frozenset[str] = frozenset()
+    images_only: bool = False
+
+    def where(self, level: QueryLevel) -> list[ColumnElement[bool]]:
+        """The conditions that keep a search at `level` inside the scope."""
+        # Rendered as literals: a scope may hold more studies than a statement has
+        # parameters (SQLite 32766), and its values are UIDs read from the index itself.
+        studies: Any = bindparam(
+            "scope_studies", sorted(self.study_uids), expanding=True, literal_execute=True
+        )
+        clauses: list[ColumnElement[bool]] = [_TABLES[level].c.study_uid.in_(studies)]
+        if level is not QueryLevel.STUDY and self.excluded_modalities:
+            excluded = sorted(self.excluded_modalities)
+            clauses.append(SERIES_T.c.modality.not_in(excluded))
+        if level is QueryLevel.INSTANCE and self.images_only:
+            clauses.append(INSTANCE_T.c.rows.is_not(None))
+        return clauses
 
 
 def _dialect(conn: Connection | Session) -> str:
@@ -248,6 +285,7 @@ def _statement(
     study_uid: str | None,
     series_uid: str | None,
     dialect: str,
+    scope: SearchScope | None = None,
 ) -> Select[Any]:
     level = query.level
     table = _TABLES[level]
@@ -261,6 +299,10 @@ def _statement(
     where: list[ColumnElement[bool]] = [
         _condition_sql(c, query.fuzzy, dialect) for c in query.conditions
     ]
+    if scope is not None:
+        where += scope.where(level)
+        if level is QueryLevel.INSTANCE and scope.excluded_modalities:
+            levels.add(QueryLevel.SERIES)  # the modality lives on the series
     if study_uid is not None:
         where.append(table.c.study_uid == study_uid)
     if series_uid is not None:
@@ -347,15 +389,19 @@ def search(
     series_uid: str | None = None,
     base_url: str,
     load_metadata: MetadataLoader,
+    scope: SearchScope | None = None,
 ) -> list[DicomJson]:
-    """Run a QIDO-RS search; one DICOM JSON dataset (PS3.18 F.2) per matching entity."""
+    """Run a QIDO-RS search; one DICOM JSON dataset (PS3.18 F.2) per matching entity.
+
+    With `scope`, only what the scope admits is matched (and counted by limit and offset).
+    """
     for name, uid in (("study", study_uid), ("series", series_uid)):
         if uid is not None and not uid_is_valid(uid):
             raise InvalidRequestError(f"the {name} UID in the path is not a valid UID")
     level = query.level
     attrs, other_tags = _return_attributes(query, study_uid, series_uid)
     dialect = _dialect(conn)
-    rows = conn.execute(_statement(query, attrs, study_uid, series_uid, dialect)).all()
+    rows = conn.execute(_statement(query, attrs, study_uid, series_uid, dialect, scope)).all()
     if not rows:
         return []
 

@@ -163,9 +163,14 @@ def header_binding(sop_instance_uid: str) -> bytes:
 class InstanceIngest:
     """Consumes one instance's bytes in order; `finish` stores it or raises StoreFailure."""
 
-    def __init__(self, archive: Archive, expected_study_uid: str | None = None) -> None:
+    def __init__(
+        self, archive: Archive, expected_study_uid: str | None = None, *, match_orders: bool = True
+    ) -> None:
         self._archive = archive
         self._expected_study = expected_study_uid
+        # A copy received from another hospital fulfils none of this hospital's orders: its
+        # accession number is the owner's, so it must not complete (or queue against) ours.
+        self._match_orders = match_orders
         self._scanner = Part10Scanner(max_header_bytes=archive.settings.max_header_bytes)
         self._prefix: bytearray | None = bytearray()
         self._blob: PendingBlob | None = None
@@ -339,7 +344,7 @@ class InstanceIngest:
         )
         try:
             with archive.engine.begin() as conn:
-                if records.insert_instance(conn, study, series, instance):
+                if records.insert_instance(conn, study, series, instance) and self._match_orders:
                     match_new_study(
                         conn, study["study_uid"], study["accession_number"], study["patient_id"]
                     )

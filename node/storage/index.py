@@ -111,4 +111,9 @@ class NodeMeta(SQLModel, table=True):
 
 # The workflow tables and local user accounts share this metadata: importing the index
 # registers every table.
-from node.storage import links_index, users_index, workflow_index  # noqa: E402, F401
+from node.storage import (  # noqa: E402
+    links_index,  # noqa: F401
+    transfers_index,  # noqa: F401
+    users_index,  # noqa: F401
+    workflow_index,  # noqa: F401
+)

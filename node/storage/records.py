@@ -84,6 +84,44 @@ def list_instances(
     return [_row(r) for r in conn.execute(q)]
 
 
+def list_images(
+    conn: Connection, study_uids: list[str], excluded_modalities: frozenset[str] = frozenset()
+) -> list[InstanceRow]:
+    """Image instances (with pixel rows) of these studies, outside series of the excluded
+    modalities (a series without a modality counts as excluded), in retrieve order."""
+    q = (
+        select(*_ROW_COLS)
+        .select_from(INSTANCE.join(SERIES, SERIES.c.series_uid == INSTANCE.c.series_uid))
+        .where(
+            INSTANCE.c.study_uid.in_(study_uids),
+            INSTANCE.c.rows.is_not(None),
+            SERIES.c.modality.not_in(sorted(excluded_modalities)),
+        )
+        .order_by(INSTANCE.c.series_uid, INSTANCE.c.instance_number, INSTANCE.c.sop_instance_uid)
+    )
+    return [_row(r) for r in conn.execute(q)]
+
+
+def studies_with_images(
+    conn: Connection, study_uids: list[str], excluded_modalities: frozenset[str] = frozenset()
+) -> set[str]:
+    """Those of these studies that `list_images` would find an instance in."""
+    found: set[str] = set()
+    for i in range(0, len(study_uids), 500):
+        q = (
+            select(INSTANCE.c.study_uid)
+            .select_from(INSTANCE.join(SERIES, SERIES.c.series_uid == INSTANCE.c.series_uid))
+            .where(
+                INSTANCE.c.study_uid.in_(study_uids[i : i + 500]),
+                INSTANCE.c.rows.is_not(None),
+                SERIES.c.modality.not_in(sorted(excluded_modalities)),
+            )
+            .distinct()
+        )
+        found.update(r[0] for r in conn.execute(q))
+    return found
+
+
 def series_study(conn: Connection, series_uid: str) -> str | None:
     """The study a series belongs to, if the series is known."""
     return conn.execute(

@@ -72,6 +72,7 @@ class PeerDirectory:
         self._block = -1
         self._polled_at = float("-inf")
         self._by_fingerprint: dict[bytes, Member] = {}
+        self._active: list[Member] = []
 
     @property
     def block(self) -> int:
@@ -81,18 +82,30 @@ class PeerDirectory:
     def active_member(self, fp: bytes) -> Member | None:
         """The active member whose registered fingerprint is fp, as of the chain head now."""
         with self._lock:
-            now = self._clock()
-            if now - self._polled_at >= self.min_interval:
-                self._polled_at = now
-                head = self.source.head()
-                if head != self._block:
-                    self._by_fingerprint = {
-                        bytes.fromhex(m.tls_fingerprint): m
-                        for m in self.source.members()
-                        if m.status is MemberStatus.ACTIVE and int(m.tls_fingerprint, 16) != 0
-                    }
-                    self._block = head
+            self._refresh()
             return self._by_fingerprint.get(fp)
+
+    def active_members(self) -> list[Member]:
+        """Every active member, as of the chain head now (re-read only when the head moved)."""
+        with self._lock:
+            self._refresh()
+            return list(self._active)
+
+    def _refresh(self) -> None:
+        now = self._clock()
+        if now - self._polled_at < self.min_interval:
+            return
+        self._polled_at = now
+        head = self.source.head()
+        if head == self._block:
+            return
+        self._active = [m for m in self.source.members() if m.status is MemberStatus.ACTIVE]
+        self._by_fingerprint = {
+            bytes.fromhex(m.tls_fingerprint): m
+            for m in self._active
+            if int(m.tls_fingerprint, 16) != 0
+        }
+        self._block = head
 
 
 def verify_peer(cert_der: bytes | None, directory: PeerDirectory) -> Member:

@@ -191,3 +191,36 @@ def test_reorged_anchors_are_resubmitted(anvil: Anvil, tmp_path: Path, audit_log
     assert [a.tx_hash for a in audit_log.anchors()] == [kept.tx_hash, resubmitted.tx_hash]
     assert client.latest(node.address) == (6, audit_log.root(6))
     assert_auditable(audit_log, client, node.address)
+
+
+@pytest.mark.integration
+def test_a_reorg_after_anchors_were_checked_is_still_caught(
+    anvil: Anvil, tmp_path: Path, audit_log: AuditLog
+) -> None:
+    # Once checked, anchors are watched through one block hash: a reorg under the newest
+    # anchor's block, or deeper, must still bring them back to the chain.
+    node = Account.create()
+    anvil.fund(node.address)
+    chain = connect(tmp_path, anvil.url, account=node)
+    deployment = deploy_suite(chain, [MemberInfo("hosp-a", node.address, "https://a")])
+    client = AuditAnchorClient(chain, deployment)
+    worker = AnchorWorker(audit_log, client, every_events=3, every_seconds=3600)
+
+    audit_log.append_many([event(i) for i in range(3)])
+    first = worker.run_once()
+    audit_log.append_many([event(i) for i in range(3, 6)])
+    second = worker.run_once()
+    assert first is not None and second is not None
+    for _ in range(3):  # nothing is due: each run only re-checks what was anchored
+        assert worker.run_once() is None
+    assert [a.tx_hash for a in audit_log.anchors()] == [first.tx_hash, second.tx_hash]
+
+    # Replace the last two blocks: both anchors leave the canonical chain.
+    rpc(anvil.url, "anvil_reorg", [2, []])
+    assert not chain.is_canonical(first.tx_hash) and not chain.is_canonical(second.tx_hash)
+
+    again = worker.run_once()
+    assert again is not None
+    assert [a.tx_hash for a in audit_log.anchors()] == [again.tx_hash]
+    assert client.latest(node.address) == (6, audit_log.root(6))
+    assert_auditable(audit_log, client, node.address)

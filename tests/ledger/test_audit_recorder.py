@@ -115,6 +115,47 @@ def test_async_callers_can_await_their_index(log: AuditLog) -> None:
     assert [log.event(i) for i in indices] == [make_event(i) for i in range(25)]
 
 
+def test_an_event_from_an_event_loop_is_recorded_even_when_its_awaiter_is_cancelled(
+    backend: Backend, log: AuditLog
+) -> None:
+    import asyncio
+
+    # A client that disconnects while its request's event is being committed: the access
+    # happened, so the event must still reach the log; the other awaiters get their indices.
+    async def requests(recorder: AuditRecorder) -> tuple[list[int], bool]:
+        with write_lock_held(backend):
+            first = recorder.record_in_loop(make_event(0))
+            wait_until_taken(recorder)
+            gone = asyncio.ensure_future(recorder.record_in_loop(make_event(1)))
+            kept = recorder.record_in_loop(make_event(2))
+            await asyncio.sleep(0)
+            gone.cancel()
+            await asyncio.sleep(0)
+        indices = [await first, await kept]
+        return indices, gone.cancelled()
+
+    with AuditRecorder(log) as recorder:
+        indices, cancelled = asyncio.run(requests(recorder))
+    assert cancelled and indices == [0, 2]
+    assert [log.entry(i) for i in range(3)] == [make_event(i).canonical() for i in range(3)]
+
+
+def test_an_event_loop_caller_learns_that_its_batch_failed(backend: Backend, log: AuditLog) -> None:
+    import asyncio
+
+    async def request(recorder: AuditRecorder) -> int:
+        return await recorder.record_in_loop(make_event(1))
+
+    with AuditRecorder(log) as recorder:
+        assert recorder.record(make_event(0)) == 0
+        backend.execute("ALTER TABLE {p}entries RENAME TO {p}entries_away")
+        with pytest.raises(AuditLogError, match="could not be recorded"):
+            asyncio.run(request(recorder))
+        backend.execute("ALTER TABLE {p}entries_away RENAME TO {p}entries")
+        assert asyncio.run(request(recorder)) == 1
+    assert log.size() == 2
+
+
 def test_a_failed_commit_reaches_every_waiter_and_the_recorder_recovers(
     backend: Backend, log: AuditLog
 ) -> None:

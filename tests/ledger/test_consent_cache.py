@@ -70,6 +70,29 @@ def test_cache_agrees_with_the_contract_after_each_change(env: ChainEnv) -> None
     assert cache.grants_of(patient.address) == []
 
 
+def test_sync_to_head_counts_the_block_just_mined(env: ChainEnv) -> None:
+    a, b, _c = hospitals(env)
+    patient = env.new_account(fund=False)
+    request = a.consent.request
+    a.consent.relay(
+        a.consent.sign(patient, request(patient.address, b.account.address, Purpose.TREATMENT))
+    )
+    cache = ConsentCache(a.chain, env.deployment)  # no background sync: only what we ask
+    granted_at = cache.sync_to_head()
+    assert cache.check(patient.address, b.account.address, Purpose.TREATMENT).permitted
+    assert cache.sync_to_head() == granted_at  # no block since: nothing to catch up with
+
+    revoke = request(patient.address, b.account.address, Purpose.TREATMENT, revoke=True)
+    a.consent.relay(a.consent.sign(patient, revoke))
+    assert cache.check(patient.address, b.account.address, Purpose.TREATMENT).permitted
+
+    head = cache.sync_to_head()
+
+    assert head == a.chain.block_number() > granted_at
+    decision = cache.check(patient.address, b.account.address, Purpose.TREATMENT)
+    assert not decision.permitted and decision.synced_block == head
+
+
 def test_expiry_is_judged_locally_without_a_new_event(env: ChainEnv) -> None:
     a, b, _c = hospitals(env)
     patient = env.new_account(fund=False)

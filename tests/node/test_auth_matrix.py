@@ -25,7 +25,8 @@ from tests.node.fhir_helpers import FhirNode, serve_node
 
 STAFF = frozenset({"clinician", "radiologist", "admin"})
 DEVICE = "capture-device"  # admin-owned service account narrowed to system/ImagingStudy.write
-TRAINER = "training"  # admin-owned service account narrowed to system/ImagingStudy.read
+READER = "reader-service"  # admin-owned service account narrowed to system/ImagingStudy.read
+TRAINER = "trainer"  # the AI-training credential (role trainer, purpose ai-training)
 PRINCIPALS = (
     "clinician",
     "radiologist",
@@ -33,6 +34,7 @@ PRINCIPALS = (
     "auditor",
     "admin",
     DEVICE,
+    READER,
     TRAINER,
     "no token",
     "expired token",
@@ -59,8 +61,8 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/fhir/Patient/{}"): _CLINICAL_READERS,
     ("GET", "/fhir/ServiceRequest"): _CLINICAL_READERS,
     ("GET", "/fhir/ServiceRequest/{}"): _CLINICAL_READERS,
-    ("GET", "/fhir/ImagingStudy"): _CLINICAL_READERS | {TRAINER},
-    ("GET", "/fhir/ImagingStudy/{}"): _CLINICAL_READERS | {TRAINER},
+    ("GET", "/fhir/ImagingStudy"): _CLINICAL_READERS | {READER},
+    ("GET", "/fhir/ImagingStudy/{}"): _CLINICAL_READERS | {READER},
     ("GET", "/fhir/Observation"): _CLINICAL_READERS,
     ("GET", "/fhir/Observation/{}"): _CLINICAL_READERS,
     ("GET", "/fhir/DiagnosticReport"): _CLINICAL_READERS,
@@ -80,20 +82,48 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/fhir/Consent"): frozenset({"patient", "admin"}),
     # Any other FHIR path or interaction: nobody gets past authorization.
     **{(m, "/fhir/{}"): NOBODY for m in ("GET", "POST", "PUT", "PATCH", "DELETE")},
+    # Cross-hospital exchange (docs/exchange.md): the staff who treat search and retrieve;
+    # provenance for them, auditors and admins (not service credentials: no Consent.read).
+    ("GET", "/network/studies"): frozenset({"clinician", "radiologist"}),
+    ("POST", "/network/studies/{}/$retrieve"): frozenset({"clinician", "radiologist"}),
+    ("GET", "/network/transfers"): frozenset({"clinician", "radiologist", "auditor", "admin"}),
+    # Peer routes take no token at all: only a member's certificate (PEER_ROUTES below).
+    ("GET", "/network/peer/studies"): NOBODY,
+    ("GET", "/network/peer/studies/{}"): NOBODY,
     ("GET", "/admin/reconciliation"): frozenset({"admin"}),
     ("POST", "/admin/reconciliation/{}/resolve"): frozenset({"admin"}),
     ("GET", "/admin/orders"): frozenset({"admin"}),
     ("GET", "/admin/outbox"): frozenset({"admin"}),
     ("POST", "/admin/outbox/{}/retry"): frozenset({"admin"}),
 }
-# DICOMweb (every route, by method): staff and the training credential read; staff and capture
+# DICOMweb (every route, by method): staff and a reader service read; staff and capture
 # devices store; only a full admin deletes (crypto-shredding). No patient access yet.
 DICOMWEB = {
-    "GET": STAFF | {TRAINER},
+    "GET": STAFF | {READER},
     "POST": STAFF | {DEVICE},
     "DELETE": frozenset({"admin"}),
 }
+# The training credential reads only searches, instances and metadata, which the node
+# de-identifies; frames, bulk data, rendered images and thumbnails are refused to it. (This node
+# has no ledger, so the routes it may call answer 503 past authorization.)
+_LEVELS = ("/dicom-web/studies/{}", "/dicom-web/studies/{}/series/{}")
+TRAINING_READS = frozenset(
+    {
+        "/dicom-web/studies",
+        "/dicom-web/series",
+        "/dicom-web/instances",
+        "/dicom-web/studies/{}/series",
+        "/dicom-web/studies/{}/instances",
+        "/dicom-web/studies/{}/series/{}/instances",
+        *_LEVELS,
+        "/dicom-web/studies/{}/series/{}/instances/{}",
+        *(f"{p}/metadata" for p in (*_LEVELS, "/dicom-web/studies/{}/series/{}/instances/{}")),
+    }
+)
 _PARAM = re.compile(r"\{[^}]*\}")
+# Node-to-node routes: whatever token (or none) a caller brings, without a consortium member's
+# client certificate the answer is 403 (tests/node/test_exchange.py covers member certificates).
+PEER_PREFIX = "/network/peer/"
 
 
 def expected(method: str, template: str) -> frozenset[str] | None:
@@ -101,7 +131,10 @@ def expected(method: str, template: str) -> frozenset[str] | None:
     if template in PUBLIC:
         return EVERYONE
     if template.startswith("/dicom-web/"):
-        return DICOMWEB.get(method)
+        allowed = DICOMWEB.get(method)
+        if allowed is not None and method == "GET" and _PARAM.sub("{}", template) in TRAINING_READS:
+            allowed = allowed | {TRAINER}
+        return allowed
     return MATRIX.get((method, _PARAM.sub("{}", template)))
 
 
@@ -149,12 +182,15 @@ class Matrix:
         )
         for name, scope in (
             (DEVICE, "system/ImagingStudy.write"),
-            (TRAINER, "system/ImagingStudy.read"),
+            (READER, "system/ImagingStudy.read"),
         ):
             issued = tokens.issue(
                 subject=name, role="admin", ttl_seconds=ttl, scopes=parse_scopes(scope)
             )
             self.headers[name] = _bearer(issued)
+        self.headers[TRAINER] = _bearer(
+            tokens.issue(subject=TRAINER, role="trainer", ttl_seconds=ttl)
+        )
         expired = tokens.issue(
             subject="clinician", role="clinician", ttl_seconds=60, now=time.time() - 3600
         )
@@ -177,7 +213,7 @@ def test_every_route_is_in_the_matrix(matrix: Matrix) -> None:
     assert not unknown, "routes without an expected row in the access matrix: " + ", ".join(unknown)
     # The app has routes under every prefix the matrix covers.
     prefixes = {t.split("/")[1] for _, t in matrix.routes}
-    assert {"dicom-web", "fhir", "gateway", "admin", "auth"} <= prefixes
+    assert {"dicom-web", "fhir", "gateway", "admin", "auth", "network"} <= prefixes
 
 
 @pytest.mark.parametrize("principal", PRINCIPALS)
@@ -189,7 +225,10 @@ def test_route_by_role(matrix: Matrix, principal: str) -> None:
             assert allowed is not None, f"{method} {template} is not in the matrix"
             r = client.request(method, concrete(template), headers=matrix.headers[principal])
             got = f"{method} {template}: {r.status_code} {r.text[:120]}"
-            if principal in allowed:
+            if template.startswith(PEER_PREFIX):
+                if r.status_code != 403 or "peer" not in r.json()["error"]:
+                    wrong.append(f"a peer route should be 403 without a certificate, got {got}")
+            elif principal in allowed:
                 # 503 is a dependency that is not there (this node has no ledger, so Consent
                 # answers "unavailable" once authorization has let the caller through).
                 if r.status_code in (401, 403) or (r.status_code >= 500 and r.status_code != 503):
@@ -212,7 +251,16 @@ def test_route_by_role(matrix: Matrix, principal: str) -> None:
 def test_every_role_gets_somewhere_and_none_gets_everywhere(matrix: Matrix) -> None:
     """Guards the table itself: no role is locked out of everything or let into everything."""
     closed = [(m, t) for m, t in matrix.routes if expected(m, t) != EVERYONE]
-    for role in ("clinician", "radiologist", "patient", "auditor", "admin", DEVICE, TRAINER):
+    for role in (
+        "clinician",
+        "radiologist",
+        "patient",
+        "auditor",
+        "admin",
+        DEVICE,
+        READER,
+        TRAINER,
+    ):
         reachable = [r for r in closed if role in (expected(*r) or NOBODY)]
         assert reachable, f"{role} can reach no protected route"
         assert len(reachable) < len(closed), f"{role} can reach every protected route"
@@ -223,8 +271,8 @@ def test_a_route_missing_from_the_rule_table_is_closed(tmp_path: Path) -> None:
     with serve_node(tmp_path / "node", auth_enabled=True) as node:
         tokens = NodeTokens.from_settings(node.archive.settings)
         admin = _bearer(tokens.issue(subject="root", role="admin", ttl_seconds=60))
-        # /network has no routes yet: when it gets some, they stay closed until given rules.
-        r = httpx.get(f"{node.url}/network/studies", headers=admin, timeout=30)
+        # A path no rule names stays closed, even to an admin, even under /network.
+        r = httpx.get(f"{node.url}/network/members", headers=admin, timeout=30)
         assert r.status_code == 403
         assert "no access rule" in r.json()["error"]
-        assert httpx.get(f"{node.url}/network/studies", timeout=30).status_code == 401
+        assert httpx.get(f"{node.url}/network/members", timeout=30).status_code == 401

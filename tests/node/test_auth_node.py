@@ -173,7 +173,7 @@ def test_expired_and_foreign_tokens_are_refused_by_the_node(
             )
             assert r.status_code == 401 and r.json() == {"error": reason}
             assert f'error_description="{reason}"' in r.headers["www-authenticate"]
-        # A narrowed service credential (the future training token) reads but cannot write.
+        # A narrowed service credential (a reader service) reads but cannot write.
         svc = cli_token(node, "svc", "--ttl", "2h", "--scope", "system/ImagingStudy.read")
         # No studies yet: QIDO answers 204 (PS3.18 §8.3.4.4.1): the read was allowed.
         assert httpx.get(f"{node.dicomweb}/studies", headers=svc, timeout=30).status_code == 204

@@ -265,3 +265,39 @@ def test_tokens_for_caches_per_app(tmp_path: Path) -> None:
     assert tokens_for(settings, holder) is first
     assert first.issuer == "http://127.0.0.1:9999" == first.audience
     assert (tmp_path / "keys" / "token-signing.pem").exists()
+
+
+def test_a_token_accepted_before_is_refused_once_expired_and_any_edit_is_verified_anew(
+    tokens: NodeTokens,
+) -> None:
+    # Verified tokens are remembered (a client sends the same one with every request): the
+    # memory must never outlive the token, nor cover a token that differs from it.
+    from node.auth.middleware import BearerAuthMiddleware
+
+    strict = NodeTokens(tokens.key, issuer=ISSUER, audience=ISSUER, leeway=0)
+    app = FastAPI()
+    add_node_error_handler(app)
+
+    @app.get("/dicom-web/studies")
+    def studies() -> list[str]:
+        return []
+
+    app.add_middleware(BearerAuthMiddleware, tokens=lambda: strict)
+    issued = strict.issue(subject="alice", role="clinician", ttl_seconds=2)
+    expires = jwt.decode(issued.access_token, options={"verify_signature": False})["exp"]
+    with serve_in_thread(app) as url, httpx.Client() as http:
+
+        def ask(token: str) -> httpx.Response:
+            return http.get(
+                f"{url}/dicom-web/studies", headers={"Authorization": f"Bearer {token}"}
+            )
+
+        assert ask(issued.access_token).status_code == 200
+        assert ask(issued.access_token).status_code == 200
+        edited = tamper_payload(issued.access_token, role="admin")
+        r = ask(edited)
+        assert r.status_code == 401 and r.json() == {"error": "token signature does not verify"}
+        while time.time() < expires:
+            time.sleep(0.2)
+        r = ask(issued.access_token)
+        assert r.status_code == 401 and r.json() == {"error": "token expired"}

@@ -18,73 +18,15 @@ from node.services.deid import (
     DeidOptions,
     deidentify,
 )
-from node.services.deid_table import annex_e_table, vr_of
 from tests.conftest import SHARED_DATA
-from tests.node.factories import make_ct
+from tests.node.factories import ANNEX_E_ORIGINALS, annex_e_dataset, annex_e_item, make_ct
 
 SECRET = b"consortium-training-secret-0001"
 OTHER_SECRET = b"another-node-secret-000000000002"
 
-# A value per VR that a de-identifier could not produce by accident.
-_ORIGINAL_BY_VR = {
-    "PN": "Doe^Jane^Q",
-    "LO": "Orig LO value 7731",
-    "SH": "ORIG SH 7731",
-    "LT": "original long text 7731",
-    "ST": "original short text 7731",
-    "UT": "original unlimited text 7731",
-    "UC": "original UC 7731",
-    "CS": "ORIG7731",
-    "AE": "ORIGAE7731",
-    "DA": "19750321",
-    "TM": "101112",
-    "DT": "19750321101112",
-    "AS": "047Y",
-    "DS": "73.1",
-    "IS": "7731",
-    "US": 7731,
-    "UR": "https://hospital.example/7731",
-    "UI": "1.2.826.0.1.3680043.8.498.7731",
-    "OB": b"\x01\x07\x07\x03",
-    "UN": b"\x01\x07\x07\x03",
-}
-
-
-def _inner_item() -> Dataset:
-    item = Dataset()
-    item.PatientName = "Inner^Name"  # a Z row: must be emptied inside any kept sequence
-    item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.99"  # a U row
-    item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # not listed: kept
-    return item
-
-
-def stuffed_dataset() -> tuple[Dataset, list[tuple[int, str]]]:
-    """A dataset holding every Table E.1-1 attribute whose VR pydicom knows."""
-    ds = Dataset()
-    rows: list[tuple[int, str]] = []
-    for tag, action in annex_e_table().rows():
-        vr = vr_of(int(tag))
-        if vr is None or tag.group == 0x0002:
-            continue  # newer than pydicom's dictionary / file meta (checked separately)
-        vr = vr.split(" or ")[0]
-        if vr == "SQ":
-            ds.add_new(tag, "SQ", Sequence([_inner_item()]))
-        elif vr in _ORIGINAL_BY_VR:
-            ds.add_new(tag, vr, _ORIGINAL_BY_VR[vr])
-        else:
-            continue
-        rows.append((int(tag), action))
-    ds.add_new(0x60003000, "OB", b"\x01\x02")  # Overlay Data (60xx,3000): X
-    ds.add_new(0x60024000, "LT", "overlay comment naming the patient")  # (60xx,4000): X
-    ds.add_new(0x50020010, "US", 3)  # Curve data group (50xx,xxxx): X
-    block = ds.private_block(0x0011, "PACSMESH TEST", create=True)
-    block.add_new(0x01, "LO", "private patient id 7731")
-    ds.BurnedInAnnotation = "NO"
-    return ds, rows
-
 
 def test_every_annex_e_attribute_loses_its_original_value() -> None:
-    ds, rows = stuffed_dataset()
+    ds, rows = annex_e_dataset()
     assert len(rows) > 550  # the whole table, not a sample
     original = copy.deepcopy(ds)
     report = deidentify(ds, SECRET)
@@ -119,7 +61,7 @@ def test_every_annex_e_attribute_loses_its_original_value() -> None:
     assert codes == ["113100"]
     assert ds.LongitudinalTemporalInformationModified == "REMOVED"
     # No original text of any VR is left anywhere, nested sequences included.
-    leftovers = {str(v) for v in _ORIGINAL_BY_VR.values()}
+    leftovers = {str(v) for v in ANNEX_E_ORIGINALS.values()}
     for elem in ds.iterall():
         if elem.VR != "SQ":
             assert str(elem.value) not in leftovers, f"{elem.tag} kept an original value"
@@ -129,7 +71,7 @@ def test_kept_unlisted_sequences_are_cleaned_inside() -> None:
     ds = make_ct()
     outer = Dataset()
     outer.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.5"  # U row, nested in an unlisted SQ
-    outer.ReferencedInstanceSequence = Sequence([_inner_item()])
+    outer.ReferencedInstanceSequence = Sequence([annex_e_item()])
     ds.ReferencedSeriesSequence = Sequence([outer])
     deidentify(ds, SECRET)
     item = ds.ReferencedSeriesSequence[0]

@@ -8,7 +8,11 @@ or raises `NotAcceptableError` (406). A header that cannot be parsed is `Invalid
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi.responses import Response
 
 from node.errors import InvalidRequestError, NotAcceptableError
 from node.services.syntaxes import (
@@ -288,3 +292,25 @@ def negotiate_rendered(accept: str | None) -> str:
             if _matches(media_range.part_type, media_type):
                 return media_type
     raise NotAcceptableError("rendered images are only available as image/jpeg or image/png")
+
+
+TRUNCATED_WARNING = (
+    '299 pacsmesh: "The number of results exceeded the maximum supported by the server. '
+    'Additional results can be requested."'
+)
+
+
+def search_results(results: list[dict[str, Any]], cap: int) -> Response:
+    """A QIDO-RS answer: 204 for no match; at most `cap` results, with a Warning when more
+    matched (PS3.18 asks an origin server that limits results to say so; the client asks for
+    the rest with offset)."""
+    if not results:
+        # PS3.18 §8.3.4.4.1 (as published): no match is 204 with an empty body. CP-2473 would
+        # make it 200; dicomweb-client and viewers accept both.
+        return Response(status_code=204)
+    headers = {}
+    if len(results) > cap:
+        results = results[:cap]
+        headers["Warning"] = TRUNCATED_WARNING
+    body = json.dumps(results, ensure_ascii=False, separators=(",", ":"))
+    return Response(body.encode(), media_type="application/dicom+json", headers=headers)

@@ -19,6 +19,8 @@ from pydicom.dataset import Dataset
 
 from node.api.deps import ArchiveDep
 from node.api.dicomweb import media
+from node.api.dicomweb import training as training_api
+from node.api.dicomweb.training import TrainingDep
 from node.dicom.multipart import new_boundary
 from node.errors import NotFoundError
 from node.services import imaging, retrieve
@@ -91,25 +93,43 @@ def _transcoded(archive: Archive, row: InstanceRow, ts: str | None) -> bytes:
     return imaging.transcode(retrieve.load_dataset(archive, row), ts)
 
 
+# A training credential gets the same resources de-identified (node.api.dicomweb.training).
+
+
 @router.get("/studies/{study_uid}")
-async def retrieve_study(study_uid: str, request: Request, archive: ArchiveDep) -> Response:
+async def retrieve_study(
+    study_uid: str, request: Request, archive: ArchiveDep, training: TrainingDep
+) -> Response:
     """All instances of a study."""
+    if training is not None:
+        return await training_api.retrieve_response(request, training, study_uid)
     return await _retrieve(request, archive, study_uid)
 
 
 @router.get("/studies/{study_uid}/series/{series_uid}")
 async def retrieve_series(
-    study_uid: str, series_uid: str, request: Request, archive: ArchiveDep
+    study_uid: str, series_uid: str, request: Request, archive: ArchiveDep, training: TrainingDep
 ) -> Response:
     """All instances of a series."""
+    if training is not None:
+        return await training_api.retrieve_response(request, training, study_uid, series_uid)
     return await _retrieve(request, archive, study_uid, series_uid)
 
 
 @router.get(INSTANCE)
 async def retrieve_instance(
-    study_uid: str, series_uid: str, sop_uid: str, request: Request, archive: ArchiveDep
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    request: Request,
+    archive: ArchiveDep,
+    training: TrainingDep,
 ) -> Response:
     """One instance."""
+    if training is not None:
+        return await training_api.retrieve_response(
+            request, training, study_uid, series_uid, sop_uid
+        )
     return await _retrieve(request, archive, study_uid, series_uid, sop_uid)
 
 
@@ -134,24 +154,39 @@ async def _metadata(
 
 
 @router.get("/studies/{study_uid}/metadata")
-async def study_metadata(study_uid: str, request: Request, archive: ArchiveDep) -> Response:
+async def study_metadata(
+    study_uid: str, request: Request, archive: ArchiveDep, training: TrainingDep
+) -> Response:
     """DICOM JSON headers of every instance of a study."""
+    if training is not None:
+        return await training_api.metadata_response(request, training, study_uid)
     return await _metadata(request, archive, study_uid)
 
 
 @router.get("/studies/{study_uid}/series/{series_uid}/metadata")
 async def series_metadata(
-    study_uid: str, series_uid: str, request: Request, archive: ArchiveDep
+    study_uid: str, series_uid: str, request: Request, archive: ArchiveDep, training: TrainingDep
 ) -> Response:
     """DICOM JSON headers of every instance of a series."""
+    if training is not None:
+        return await training_api.metadata_response(request, training, study_uid, series_uid)
     return await _metadata(request, archive, study_uid, series_uid)
 
 
 @router.get(INSTANCE + "/metadata")
 async def instance_metadata_route(
-    study_uid: str, series_uid: str, sop_uid: str, request: Request, archive: ArchiveDep
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    request: Request,
+    archive: ArchiveDep,
+    training: TrainingDep,
 ) -> Response:
     """DICOM JSON header of one instance."""
+    if training is not None:
+        return await training_api.metadata_response(
+            request, training, study_uid, series_uid, sop_uid
+        )
     return await _metadata(request, archive, study_uid, series_uid, sop_uid)
 
 

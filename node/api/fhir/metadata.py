@@ -11,6 +11,7 @@ from typing import Any, Final
 from fastapi import Request
 from fastapi.responses import Response
 
+from ledger.audit_wire import custodian
 from node.api.fhir.interactions import fhir_router
 from node.api.fhir.outcome import FhirResponse
 from node.fhir import audit_search
@@ -87,8 +88,12 @@ _TYPES: Final[list[tuple[str, frozenset[str], list[dict[str, str]]]]] = [
 ]
 
 
-def capability_statement(base_url: str) -> dict[str, Any]:
-    """This server's CapabilityStatement."""
+def capability_statement(base_url: str, member_account: str | None = None) -> dict[str, Any]:
+    """This server's CapabilityStatement (naming its consortium member account, if it has one).
+
+    The member account is what an auditor reads this node's anchors under; the auditor checks
+    it against the endpoint the consortium registry holds for this member (ledger/audit_wire.py).
+    """
     resources: list[dict[str, Any]] = []
     for resource_type, params, interactions in _TYPES:
         entry: dict[str, Any] = {
@@ -123,6 +128,12 @@ def capability_statement(base_url: str) -> dict[str, Any]:
             "interaction": [{"code": "read"}],
         }
     )
+    implementation: dict[str, Any] = {
+        "description": "pacsmesh node FHIR server",
+        "url": f"{base_url}/fhir",
+    }
+    if member_account is not None:
+        implementation["custodian"] = custodian(member_account)
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -130,10 +141,7 @@ def capability_statement(base_url: str) -> dict[str, Any]:
         "publisher": "pacsmesh",
         "kind": "instance",
         "software": {"name": "pacsmesh node", "version": "0.1.0"},
-        "implementation": {
-            "description": "pacsmesh node FHIR server",
-            "url": f"{base_url}/fhir",
-        },
+        "implementation": implementation,
         "fhirVersion": "4.0.1",
         "format": ["json", "application/fhir+json", "application/json"],
         "rest": [
@@ -152,4 +160,6 @@ def capability_statement(base_url: str) -> dict[str, Any]:
 @router.get("/metadata", name="capabilities")
 def metadata(request: Request) -> Response:
     """The CapabilityStatement (R4 §3.1.0.9 capabilities interaction)."""
-    return FhirResponse(capability_statement(request.app.state.settings.base_url))
+    link = getattr(request.app.state, "ledger", None)
+    account = link.account if link is not None else None
+    return FhirResponse(capability_statement(request.app.state.settings.base_url, account))
