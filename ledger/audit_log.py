@@ -154,9 +154,6 @@ class AuditLog:
             f"UPDATE {head_t} SET tree_size = tree_size + {mark} WHERE head_id = 1"
         )
         self._read_head_sql = f"SELECT tree_size FROM {head_t} WHERE head_id = 1"
-        self._select_node_sql = (
-            f"SELECT hash FROM {nodes} WHERE level = {mark} AND node_index = {mark}"
-        )
         self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         # In-memory frontier of the tree: its size and the perfect subtrees (level, hash) whose
         # fold is the root. Appends extend it without reading; it is reloaded (O(log n)) when
@@ -264,45 +261,50 @@ class AuditLog:
     def _commit(self, entries: Sequence[EncodedEvent]) -> int:
         n = len(entries)
         cached_size, cached_peaks = self._frontier
-        dbapi = self.engine.raw_connection()
-        try:
-            cursor = dbapi.cursor()
-            # Write first: the UPDATE takes the database's write lock (SQLite) or the head row's
-            # lock (PostgreSQL) before anything is read, so writers in every process serialise.
-            cursor.execute(self._advance_head_sql, (cached_size + n, cached_size))
-            if cursor.rowcount == 1:
-                old, peaks = cached_size, list(cached_peaks)
-            else:  # another process appended: read where the tree stands now, under the lock
-                cursor.execute(self._grow_head_sql, (n,))
-                cursor.execute(self._read_head_sql)
-                row = cursor.fetchone()
-                if row is None:
-                    raise AuditLogError("the audit log's head row is missing")
-                old = int(row[0]) - n
-                peaks = self._load_peaks_raw(cursor, old)
-            node_rows: list[tuple[int, int, bytes]] = []
-            node_hash = merkle.node_hash
-            for offset, entry in enumerate(entries):
-                end = old + offset + 1
-                lh = entry.leaf_hash
-                node_rows.append((0, end - 1, lh))
-                level, acc = 0, lh
-                while peaks and peaks[-1][0] == level:
-                    acc = node_hash(peaks.pop()[1], acc)
-                    level += 1
-                    node_rows.append((level, (end >> level) - 1, acc))
-                peaks.append((level, acc))
-            cursor.executemany(
-                self._insert_entry_sql, [(old + k, e.body) for k, e in enumerate(entries)]
-            )
-            cursor.executemany(self._insert_node_sql, node_rows)
-            cursor.close()
-            dbapi.commit()
-        except BaseException:
-            dbapi.rollback()
-            raise
-        finally:
-            dbapi.close()  # back to the pool
+        with self.engine.connect() as conn:
+            # The driver's own connection runs the fixed statements; the one read that is not
+            # fixed (the frontier, after another process wrote) is ``_fetch`` on the same
+            # connection, in the same transaction.
+            dbapi = conn.connection
+            try:
+                cursor = dbapi.cursor()
+                # Write first: the UPDATE takes the database's write lock (SQLite) or the head
+                # row's lock (PostgreSQL) before anything is read, so writers in every process
+                # serialise.
+                cursor.execute(self._advance_head_sql, (cached_size + n, cached_size))
+                if cursor.rowcount == 1:
+                    old, peaks = cached_size, list(cached_peaks)
+                else:  # another process appended: read where the tree stands now, locked
+                    cursor.execute(self._grow_head_sql, (n,))
+                    cursor.execute(self._read_head_sql)
+                    row = cursor.fetchone()
+                    if row is None:
+                        raise AuditLogError("the audit log's head row is missing")
+                    old = int(row[0]) - n
+                    keys = merkle.perfect_subtrees(0, old) if old else []
+                    hashes = self._fetch(conn, keys)
+                    peaks = [(level, h) for (level, _), h in zip(keys, hashes, strict=True)]
+                node_rows: list[tuple[int, int, bytes]] = []
+                node_hash = merkle.node_hash
+                for offset, entry in enumerate(entries):
+                    end = old + offset + 1
+                    lh = entry.leaf_hash
+                    node_rows.append((0, end - 1, lh))
+                    level, acc = 0, lh
+                    while peaks and peaks[-1][0] == level:
+                        acc = node_hash(peaks.pop()[1], acc)
+                        level += 1
+                        node_rows.append((level, (end >> level) - 1, acc))
+                    peaks.append((level, acc))
+                cursor.executemany(
+                    self._insert_entry_sql, [(old + k, e.body) for k, e in enumerate(entries)]
+                )
+                cursor.executemany(self._insert_node_sql, node_rows)
+                cursor.close()
+                dbapi.commit()
+            except BaseException:
+                dbapi.rollback()
+                raise
         self._frontier = (old + n, peaks)
         return old
 
@@ -389,20 +391,6 @@ class AuditLog:
         if not 0 <= size <= current:
             raise AuditLogError(f"no tree of size {size}: the log holds {current} entries")
         return size
-
-    def _load_peaks_raw(self, cursor: Any, size: int) -> list[tuple[int, bytes]]:
-        """The frontier at ``size`` through a driver cursor (only after another process wrote)."""
-        peaks: list[tuple[int, bytes]] = []
-        for level, index in merkle.perfect_subtrees(0, size) if size else []:
-            cursor.execute(self._select_node_sql, (level, index))
-            row = cursor.fetchone()
-            if row is None:
-                raise AuditLogError(
-                    f"stored tree node for entries [{index << level}, {(index + 1) << level}) "
-                    "is missing; run verify"
-                )
-            peaks.append((level, bytes(row[0])))
-        return peaks
 
     def _range_hashes(self, conn: Connection, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         plans = [merkle.perfect_subtrees(s, e) for s, e in ranges]

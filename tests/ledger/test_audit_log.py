@@ -491,3 +491,25 @@ def test_two_processes_appending_keep_the_log_dense_and_consistent(backend: Back
     assert len(position) == 240
     assert log.root() == merkle.root(leaves)
     assert log.verify([(240, merkle.root(leaves))]) == []
+
+
+def test_a_writer_behind_another_reads_the_tree_s_frontier_in_one_query(
+    backend: Backend,
+) -> None:
+    a, b = backend.open(), backend.open()
+    b.append(make_event(0))
+    a.append_many(make_event(i) for i in range(1, 23))  # 23 entries: four perfect subtrees
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    sa.event.listen(b.engine, "before_cursor_execute", count)
+    try:
+        assert b.append(make_event(23)) == 23
+    finally:
+        sa.event.remove(b.engine, "before_cursor_execute", count)
+    assert len([s for s in statements if "nodes" in s]) == 1
+    expected = [make_event(i).canonical() for i in range(24)]
+    assert a.root() == b.root() == merkle.root(expected)
+    assert b.verify([(24, merkle.root(expected))]) == []
