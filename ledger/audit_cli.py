@@ -112,18 +112,32 @@ def _opened_log(data_dir: Path, database: str | None, create: bool = False) -> I
 
 
 @contextmanager
-def _anchor_client(data_dir: Path, rpc: str | None) -> Iterator[tuple[Chain, AuditAnchorClient]]:
-    from ledger.anchor import AuditAnchorClient
+def _deployed_chain(
+    data_dir: Path, rpc: str | None, *, auditor: bool = False
+) -> Iterator[tuple[Chain, Deployment]]:
+    """The chain and the consortium's deployment on it (checked). As ``auditor``, a read-only
+    connection: a throwaway account on a real chain (no key file is written), the data
+    directory's own on the embedded one."""
+    from eth_account import Account
+
     from ledger.chain import connect
     from ledger.deploy import check_deployment, load_deployment
 
     deployment = load_deployment(data_dir)
-    chain = connect(data_dir, rpc)
+    chain = connect(data_dir, rpc, account=Account.create() if auditor and rpc else None)
     try:
         check_deployment(chain, deployment)
-        yield chain, AuditAnchorClient(chain, deployment)
+        yield chain, deployment
     finally:
         chain.close()
+
+
+@contextmanager
+def _anchor_client(data_dir: Path, rpc: str | None) -> Iterator[tuple[Chain, AuditAnchorClient]]:
+    from ledger.anchor import AuditAnchorClient
+
+    with _deployed_chain(data_dir, rpc) as (chain, deployment):
+        yield chain, AuditAnchorClient(chain, deployment)
 
 
 def _read_events(source: str) -> list[Any]:
@@ -422,29 +436,11 @@ def _verify_nodes(
         )
     except (AuditInputError, ValueError) as exc:
         _fail(str(exc), as_json)
-    with _errors(as_json), _auditor_chain(data_dir, rpc) as (chain, deployment):
+    with _errors(as_json), _deployed_chain(data_dir, rpc, auditor=True) as (chain, deployment):
         report = verify_network(nodes, chain, deployment, options)
     _emit(report.to_json(), report.to_text(), as_json)
     if report.exit_code:
         raise typer.Exit(report.exit_code)
-
-
-@contextmanager
-def _auditor_chain(data_dir: Path, rpc: str | None) -> Iterator[tuple[Chain, Deployment]]:
-    """A read-only connection for an auditor: a throwaway account on a real chain (no key file
-    is written), the data directory's own on the embedded one."""
-    from eth_account import Account
-
-    from ledger.chain import connect
-    from ledger.deploy import check_deployment, load_deployment
-
-    deployment = load_deployment(data_dir)
-    chain = connect(data_dir, rpc, account=Account.create() if rpc else None)
-    try:
-        check_deployment(chain, deployment)
-        yield chain, deployment
-    finally:
-        chain.close()
 
 
 def _anchors(
