@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from eth_utils.address import to_checksum_address
 
 from ledger.chain import Chain
-from ledger.deploy import Deployment, checksum, contract
+from ledger.deploy import Deployment, address_topic, checksum, contract
 from ledger.errors import ConflictError, LedgerError
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class AuditAnchorClient:
     def history(self, member: str, to_block: int | None = None) -> list[tuple[int, bytes, int]]:
         """Every (size, root, block) the member anchored, oldest first (bounded log ranges)."""
         event = self.contract.events.Anchored()
-        topic_member = b"\x00" * 12 + bytes.fromhex(checksum(member)[2:])
+        topic_member = address_topic(member)
         logs = self.chain.get_logs(
             self.deployment.audit_anchor,
             self.deployment.block_number,
@@ -108,7 +108,7 @@ class AuditAnchorClient:
     def history_with_tx(self, member: str) -> list[tuple[int, bytes, int, str]]:
         """Like history, with each anchor's transaction hash."""
         event = self.contract.events.Anchored()
-        topic_member = b"\x00" * 12 + bytes.fromhex(checksum(member)[2:])
+        topic_member = address_topic(member)
         logs = self.chain.get_logs(
             self.deployment.audit_anchor,
             self.deployment.block_number,
@@ -150,7 +150,7 @@ class AuditAnchorClient:
         event = self.contract.events.CrossHospitalAccess()
 
         def topic(addr: str | None) -> bytes | None:
-            return None if addr is None else b"\x00" * 12 + bytes.fromhex(checksum(addr)[2:])
+            return None if addr is None else address_topic(addr)
 
         logs = self.chain.get_logs(
             self.deployment.audit_anchor,

@@ -61,6 +61,11 @@ def checksum(address: str) -> str:
     return to_checksum_address(address)
 
 
+def address_topic(address: str) -> bytes:
+    """An indexed ``address`` event argument as a log topic (left-padded to 32 bytes)."""
+    return b"\x00" * 12 + bytes.fromhex(checksum(address)[2:])
+
+
 def hospital_id_bytes(hospital_id: str) -> bytes:
     """A hospital id as bytes32 (UTF-8, at most 32 bytes, zero-padded)."""
     raw = hospital_id.encode()
