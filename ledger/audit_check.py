@@ -18,29 +18,22 @@ used only to say *where* a change is:
    node rewrote its stored tree to agree with the changed entries, and the range is all that can
    be said. Successive anchors must extend each other (RFC 6962 consistency over the rebuilt
    tree): a matching anchor that does not extend the previous one is **inconsistent-anchors**.
-3. Every anchor the node cites in its proofs must be one of the chain's (**anchor-unknown**
-   otherwise): a node cannot make up anchors.
+3. Every anchor the node cites in its proofs — size, root, transaction and block — must be one
+   of the chain's (**anchor-unknown** otherwise): a node cannot make up anchors.
 
-Entries past the last anchor are counted as unanchored; by themselves they are not a finding.
+Entries past the last anchor are counted as unanchored; they are a finding (**unanchored**)
+only when the caller requires every entry to be anchored.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from ledger import merkle
+from ledger.audit_findings import Finding
 from ledger.audit_wire import ServedEntry
 
-LogFindingKind = Literal[
-    "edited",
-    "missing",
-    "reordered",
-    "anchor-mismatch",
-    "inconsistent-anchors",
-    "anchor-unknown",
-]
 # Trying a changed leaf at every other changed index costs O(k²) proofs: only for small k.
 _BRUTE_FORCE_LIMIT = 256
 
@@ -55,16 +48,6 @@ class ChainAnchor:
     tx_hash: str
 
 
-@dataclass(frozen=True)
-class LogFinding:
-    """One way the served log fails; ``entries`` are the leaf indices it names."""
-
-    kind: LogFindingKind
-    entries: tuple[int, ...]
-    detail: str
-    span: tuple[int, int] | None = None  # first..last index, for a range too long to list
-
-
 @dataclass
 class LogCheck:
     """The outcome of checking one node's log."""
@@ -74,7 +57,7 @@ class LogCheck:
     anchors_checked: int = 0
     anchored_size: int = 0
     anchors_after_snapshot: int = 0
-    findings: list[LogFinding] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def unanchored(self) -> int:
@@ -83,9 +66,14 @@ class LogCheck:
 
 
 def check_log(
-    entries: Mapping[int, ServedEntry], size: int, anchors: Sequence[ChainAnchor]
+    entries: Mapping[int, ServedEntry],
+    size: int,
+    anchors: Sequence[ChainAnchor],
+    *,
+    require_anchored: bool = False,
 ) -> LogCheck:
-    """Check the first ``size`` served entries against the chain's anchors (oldest first)."""
+    """Check the first ``size`` served entries against the chain's anchors (oldest first);
+    with ``require_anchored``, entries no anchor covers are a finding too."""
     result = LogCheck(size=size, served=sum(1 for i in entries if i < size))
     leaves = bytearray()
     changed: list[int] = []  # served, but their own proof fails
@@ -101,7 +89,7 @@ def check_log(
         if not entry.proves(leaf_hash):
             changed.append(index)
     entry_findings = _entry_findings(entries, changed, missing)
-    problems = sorted({i for f in entry_findings for i in _indices(f)})
+    problems = sorted({i for f in entry_findings for i in f.indices()})
     result.findings += entry_findings
     tree = merkle.LeafTree(leaves)
     in_snapshot = [a for a in anchors if a.size <= size]
@@ -110,13 +98,16 @@ def check_log(
     result.anchored_size = max((a.size for a in in_snapshot), default=0)
     result.findings += _anchor_findings(in_snapshot, tree, problems)
     result.findings += _cited_anchor_findings(entries, anchors)
+    if require_anchored and result.unanchored:
+        result.findings.append(
+            Finding(
+                "unanchored",
+                (),
+                f"{result.unanchored} entries are not anchored on chain yet",
+                span=(result.anchored_size, size - 1),
+            )
+        )
     return result
-
-
-def _indices(finding: LogFinding) -> range | tuple[int, ...]:
-    if finding.span is not None:
-        return range(finding.span[0], finding.span[1] + 1)
-    return finding.entries
 
 
 def _claimed_leaves(entries: Mapping[int, ServedEntry]) -> dict[int, bytes]:
@@ -139,7 +130,7 @@ def _claimed_leaves(entries: Mapping[int, ServedEntry]) -> dict[int, bytes]:
 
 def _entry_findings(
     entries: Mapping[int, ServedEntry], changed: list[int], missing: list[int]
-) -> list[LogFinding]:
+) -> list[Finding]:
     claimed = _claimed_leaves(entries)
     positions: dict[bytes, list[int]] = {}
     for index, leaf_hash in claimed.items():
@@ -158,7 +149,7 @@ def _entry_findings(
                 if j != index and entries[j].proves(leaf_hash):
                     origin[index] = j
                     break
-    findings: list[LogFinding] = []
+    findings: list[Finding] = []
     done: set[int] = set()
     for index in changed:
         if index in done:
@@ -166,7 +157,7 @@ def _entry_findings(
         source = origin.get(index)
         if source is None:
             findings.append(
-                LogFinding(
+                Finding(
                     "edited",
                     (index,),
                     "its content differs from the event the node recorded at this index "
@@ -177,7 +168,7 @@ def _entry_findings(
             continue
         if source not in changed_set and source in entries:
             findings.append(
-                LogFinding(
+                Finding(
                     "edited",
                     (index,),
                     f"it was overwritten with a copy of entry {source}, which is still in place",
@@ -188,9 +179,7 @@ def _entry_findings(
         if origin.get(source) == index and source not in done:
             first, second = sorted((index, source))
             findings.append(
-                LogFinding(
-                    "reordered", (first, second), f"entries {first} and {second} are swapped"
-                )
+                Finding("reordered", (first, second), f"entries {first} and {second} are swapped")
             )
             done.update((index, source))
             continue
@@ -206,11 +195,11 @@ def _entry_findings(
         done.update(range(index, last + 1))
         if last == index:
             findings.append(
-                LogFinding("reordered", (index,), f"it holds the event recorded at {source}")
+                Finding("reordered", (index,), f"it holds the event recorded at {source}")
             )
         else:
             findings.append(
-                LogFinding(
+                Finding(
                     "reordered",
                     (index, last),
                     f"entries {index}..{last} hold the events recorded at {source}..{origin[last]}",
@@ -220,7 +209,7 @@ def _entry_findings(
     for first, last in merkle.index_runs(missing):
         if first == last:
             findings.append(
-                LogFinding(
+                Finding(
                     "missing",
                     (first,),
                     "the node does not serve this entry (deleted from its log, or hidden "
@@ -229,7 +218,7 @@ def _entry_findings(
             )
         else:
             findings.append(
-                LogFinding(
+                Finding(
                     "missing",
                     (first, last),
                     f"the node does not serve entries {first}..{last}",
@@ -241,8 +230,8 @@ def _entry_findings(
 
 def _anchor_findings(
     anchors: Sequence[ChainAnchor], tree: merkle.LeafTree, problems: list[int]
-) -> list[LogFinding]:
-    findings: list[LogFinding] = []
+) -> list[Finding]:
+    findings: list[Finding] = []
     good = 0  # the largest anchored size the served entries still match
     previous: ChainAnchor | None = None
     for anchor in anchors:
@@ -266,7 +255,7 @@ def _anchor_findings(
                     f"{low}..{anchor.size - 1}"
                 )
             findings.append(
-                LogFinding(
+                Finding(
                     "anchor-mismatch", named, detail, span=None if named else (low, anchor.size - 1)
                 )
             )
@@ -276,7 +265,7 @@ def _anchor_findings(
                 previous.size, anchor.size, previous.root, anchor.root, proof
             ):
                 findings.append(
-                    LogFinding(
+                    Finding(
                         "inconsistent-anchors",
                         (),
                         f"the anchor of size {anchor.size} (block {anchor.block_number}) does "
@@ -291,22 +280,23 @@ def _anchor_findings(
 
 def _cited_anchor_findings(
     entries: Mapping[int, ServedEntry], anchors: Sequence[ChainAnchor]
-) -> list[LogFinding]:
-    on_chain = {(a.size, a.root, a.tx_hash.lower()) for a in anchors}
-    cited: dict[tuple[int, bytes, str], list[int]] = {}
+) -> list[Finding]:
+    on_chain = {(a.size, a.root, a.tx_hash.lower(), a.block_number) for a in anchors}
+    cited: dict[tuple[int, bytes, str, int], list[int]] = {}
     for index, entry in entries.items():
         if entry.anchor is not None:
-            key = (entry.anchor.size, entry.anchor.root, entry.anchor.tx_hash.lower())
-            cited.setdefault(key, []).append(index)
-    findings: list[LogFinding] = []
-    for (size, _root, tx_hash), indices in sorted(cited.items()):
-        if (size, _root, tx_hash) not in on_chain:
+            a = entry.anchor
+            cited.setdefault((a.size, a.root, a.tx_hash, a.block_number), []).append(index)
+    findings: list[Finding] = []
+    for key, indices in sorted(cited.items()):
+        if key not in on_chain:
+            size, _root, tx_hash, block = key
             findings.append(
-                LogFinding(
+                Finding(
                     "anchor-unknown",
                     (min(indices),),
                     f"the node's proofs cite an anchor of size {size} in transaction {tx_hash} "
-                    "that the chain does not hold for its member account",
+                    f"(block {block}) that the chain does not hold for its member account",
                 )
             )
     return findings

@@ -30,7 +30,7 @@ from ledger.anchor import AuditAnchorClient
 from ledger.audit_check import ChainAnchor, check_log
 from ledger.audit_events import AuditEvent, AuditEventError
 from ledger.audit_remote import NodeReader, NodeUnreadableError, normalize_url
-from ledger.audit_report import Finding, NodeReport, Report
+from ledger.audit_report import NodeReport, Report
 from ledger.audit_transfers import ChainRecords, TransferSide, check_transfers, transfer_side
 from ledger.chain import Chain
 from ledger.consortium import ConsortiumClient, Member
@@ -204,7 +204,6 @@ class VerifyOptions:
 @dataclass
 class _NodeState:
     report: NodeReport
-    findings: list[Finding] = field(default_factory=list)
     sides: list[TransferSide] = field(default_factory=list)
 
 
@@ -234,21 +233,7 @@ def verify_network(
         ChainRecords(chain, deployment),
         strict=options.strict,
     )
-    order = {url: k for k, url in enumerate(normalized)}
-    cross = sorted(transfers.findings, key=lambda f: (f.entries, f.kind))
-    # Per node: its log's findings as the check ordered them (entries, then anchors), then
-    # its transfers'.
-    findings = sorted(
-        [(0, f) for s in states for f in s.findings] + [(1, f) for f in cross],
-        key=lambda item: (order.get(item[1].node, len(order)), item[0]),
-    )
-    return Report(
-        nodes=[s.report for s in states],
-        findings=[f for _, f in findings],
-        unverifiable=transfers.unverifiable,
-        accesses=transfers.accesses,
-        strict=options.strict,
-    )
+    return Report(nodes=[s.report for s in states], transfers=transfers, strict=options.strict)
 
 
 def _verify_node(
@@ -276,23 +261,13 @@ def _verify_node(
             return state
     # Read again after the snapshot: an anchor the node made meanwhile may be cited in it.
     chain_anchors = _chain_anchors(anchors, member.account)
-    check = check_log(snapshot.entries, snapshot.requested, chain_anchors)
     r = state.report
-    r.entries, r.served = check.size, check.served
-    r.anchors_checked, r.anchored_size = check.anchors_checked, check.anchored_size
-    r.anchors_after_snapshot = check.anchors_after_snapshot
-    state.findings = [
-        Finding(f.kind, url, f.detail, entries=f.entries, span=f.span) for f in check.findings
-    ]
-    if options.require_anchored and check.unanchored:
-        state.findings.append(
-            Finding(
-                "unanchored",
-                url,
-                f"{check.unanchored} entries are not anchored on chain yet",
-                span=(check.anchored_size, check.size - 1),
-            )
-        )
+    r.log = check_log(
+        snapshot.entries,
+        snapshot.size,
+        chain_anchors,
+        require_anchored=options.require_anchored,
+    )
     for index in sorted(snapshot.entries):
         try:
             event = AuditEvent.from_canonical(snapshot.entries[index].leaf)

@@ -48,11 +48,9 @@ def normalize_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class NodeSnapshot:
-    """What one node served: its stated tree size and the entries it returned by index."""
+    """What one node served: the entries it returned for the indices below ``size``."""
 
-    url: str
-    head_size: int
-    requested: int
+    size: int
     entries: dict[int, ServedEntry]
 
 
@@ -138,9 +136,8 @@ class NodeReader:
 
     def snapshot(self, at_least: int = 0) -> NodeSnapshot:
         """Every entry below the node's current size (or ``at_least``, if the chain says more)."""
-        head = self.head_size()
-        requested = max(head, at_least)
-        return NodeSnapshot(self.url, head, requested, self.entries(range(requested)))
+        size = max(self.head_size(), at_least)
+        return NodeSnapshot(size, self.entries(range(size)))
 
     def _resources(self, bundle: Any) -> Iterable[ServedEntry]:
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":

@@ -1,4 +1,7 @@
-"""The cross-node audit report: per-node counts, findings, unverifiable transfers; text and JSON.
+"""The cross-node audit report: what the checks returned, per node and across, as text and JSON.
+
+The report holds the checks' own results — each node's ``LogCheck`` and the ``TransferCheck``
+— and only renders them.
 
 No personal data: findings name nodes (URL, member account, hospital id), leaf indices,
 transfer ids and chain blocks. Patients, studies and users stay in the nodes' logs, where they
@@ -7,111 +10,33 @@ are pseudonyms already; the report does not repeat them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ledger.audit_check import LogCheck
+from ledger.audit_findings import Finding
+from ledger.audit_transfers import TransferCheck
 
 EXIT_CLEAN = 0
 EXIT_FINDINGS = 1
 EXIT_UNREADABLE = 2
 
-FindingKind = Literal[
-    # one node's log against its anchors (ledger/audit_check.py)
-    "edited",
-    "missing",
-    "reordered",
-    "anchor-mismatch",
-    "inconsistent-anchors",
-    "anchor-unknown",
-    "unanchored",  # only with --require-anchored
-    # transfers and consent across nodes (ledger/audit_transfers.py)
-    "transfer-unpaired",
-    "transfer-mismatch",
-    "transfer-incomplete",
-    "transfer-unverifiable",  # only with --strict
-    "access-not-recorded",
-    "access-without-consent",
-]
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One thing wrong, on one node, naming its entries (and transfer) where there are some."""
-
-    kind: FindingKind
-    node: str
-    detail: str
-    entries: tuple[int, ...] = ()
-    span: tuple[int, int] | None = None  # a range of indices too long to list
-    transfer_id: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON form."""
-        out: dict[str, Any] = {
-            "kind": self.kind,
-            "node": self.node,
-            "entries": list(self.entries),
-            "detail": self.detail,
-        }
-        if self.span is not None:
-            out["range"] = list(self.span)
-        if self.transfer_id is not None:
-            out["transfer_id"] = self.transfer_id
-        return out
-
-    def __str__(self) -> str:
-        where = ""
-        if self.span is not None:
-            where = f" entries {self.span[0]}..{self.span[1]}"
-        elif self.entries:
-            noun = "entry" if len(self.entries) == 1 else "entries"
-            where = f" {noun} {', '.join(map(str, self.entries))}"
-        transfer = f" transfer {self.transfer_id}" if self.transfer_id else ""
-        return f"{self.kind}: {self.node}{where}{transfer}: {self.detail}"
-
-
-@dataclass(frozen=True)
-class Unverifiable:
-    """A transfer whose other side could not be checked (that node was not given, or unread)."""
-
-    node: str
-    transfer_id: str
-    entry: int
-    side: str
-    other_member: str
-    reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON form."""
-        return {
-            "node": self.node,
-            "transfer_id": self.transfer_id,
-            "entry": self.entry,
-            "side": self.side,
-            "other_member": self.other_member,
-            "reason": self.reason,
-        }
-
 
 @dataclass
 class NodeReport:
-    """What was checked on one node."""
+    """What was checked on one node: who it is, and its log check (None when unreadable)."""
 
     url: str
     member: str | None = None
     hospital_id: str | None = None
     error: str | None = None
-    entries: int = 0  # the snapshot's size
-    served: int = 0
-    anchors_checked: int = 0
-    anchored_size: int = 0
-    anchors_after_snapshot: int = 0
+    log: LogCheck | None = None
     transfers_owner: int = 0
     transfers_requester: int = 0
 
-    @property
-    def unanchored(self) -> int:
-        """Entries of the snapshot past the last anchor checked."""
-        return max(0, self.entries - self.anchored_size)
+    def findings(self) -> list[Finding]:
+        """The log check's findings, naming this node."""
+        return [replace(f, node=self.url) for f in self.log.findings] if self.log else []
 
     def to_json(self) -> dict[str, Any]:
         """JSON form."""
@@ -121,38 +46,21 @@ class NodeReport:
             "hospital_id": self.hospital_id,
             "readable": self.error is None,
         }
-        if self.error is not None:
-            out["error"] = self.error
+        if self.error is not None or self.log is None:
+            if self.error is not None:
+                out["error"] = self.error
             return out
+        log = self.log
         out.update(
-            entries=self.entries,
-            served=self.served,
-            anchors_checked=self.anchors_checked,
-            anchored_size=self.anchored_size,
-            anchors_after_snapshot=self.anchors_after_snapshot,
-            unanchored=self.unanchored,
+            entries=log.size,
+            served=log.served,
+            anchors_checked=log.anchors_checked,
+            anchored_size=log.anchored_size,
+            anchors_after_snapshot=log.anchors_after_snapshot,
+            unanchored=log.unanchored,
             transfers={"owner": self.transfers_owner, "requester": self.transfers_requester},
         )
         return out
-
-
-@dataclass
-class AccessCounts:
-    """How the cross-hospital accesses of the transfers were justified."""
-
-    checked: int = 0
-    consented: int = 0
-    break_glass: int = 0
-    not_released: int = 0  # both sides logged a failure: nothing left the owner
-
-    def to_json(self) -> dict[str, int]:
-        """JSON form."""
-        return {
-            "checked": self.checked,
-            "consented": self.consented,
-            "break_glass": self.break_glass,
-            "not_released": self.not_released,
-        }
 
 
 @dataclass
@@ -160,10 +68,19 @@ class Report:
     """The whole verification."""
 
     nodes: list[NodeReport] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
-    unverifiable: list[Unverifiable] = field(default_factory=list)
-    accesses: AccessCounts = field(default_factory=AccessCounts)
+    transfers: TransferCheck = field(default_factory=TransferCheck)
     strict: bool = False
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Per node, in the order given: its log's findings as the check ordered them (entries,
+        then anchors), then those of the transfers it logged."""
+        cross = sorted(self.transfers.findings, key=lambda f: (f.entries, f.kind))
+        out: list[Finding] = []
+        for n in self.nodes:
+            out += n.findings()
+            out += [f for f in cross if f.node == n.url]
+        return out
 
     @property
     def exit_code(self) -> int:
@@ -179,9 +96,9 @@ class Report:
             "exit_code": self.exit_code,
             "strict": self.strict,
             "nodes": [n.to_json() for n in self.nodes],
-            "accesses": self.accesses.to_json(),
+            "accesses": self.transfers.accesses.to_json(),
             "findings": [f.to_json() for f in self.findings],
-            "unverifiable": [u.to_json() for u in self.unverifiable],
+            "unverifiable": [u.to_json() for u in self.transfers.unverifiable],
         }
 
     def to_text(self) -> str:
@@ -190,38 +107,40 @@ class Report:
         for n in self.nodes:
             who = n.hospital_id or "?"
             lines.append(f"node {n.url} ({who}, member {n.member or 'unknown'})")
-            if n.error is not None:
+            if n.error is not None or n.log is None:
                 lines.append(f"  UNREADABLE: {n.error}")
                 continue
-            missing = n.entries - n.served
+            log = n.log
             lines.append(
-                f"  {n.entries} entries ({missing} not served), {n.anchors_checked} anchor(s) "
-                f"checked, anchored up to {n.anchored_size}, {n.unanchored} unanchored"
+                f"  {log.size} entries ({log.size - log.served} not served), "
+                f"{log.anchors_checked} anchor(s) checked, anchored up to {log.anchored_size}, "
+                f"{log.unanchored} unanchored"
             )
-            if n.anchors_after_snapshot:
-                lines.append(f"  {n.anchors_after_snapshot} anchor(s) newer than the snapshot")
+            if log.anchors_after_snapshot:
+                lines.append(f"  {log.anchors_after_snapshot} anchor(s) newer than the snapshot")
             lines.append(
                 f"  transfers: {n.transfers_owner} as owner, {n.transfers_requester} as requester"
             )
-        a = self.accesses
+        a, unverifiable = self.transfers.accesses, self.transfers.unverifiable
         lines.append(
             f"cross-hospital accesses: {a.checked} checked, {a.consented} under consent, "
-            f"{a.break_glass} by break-glass, {a.not_released} refused on both sides"
+            f"{a.break_glass} by break-glass, {a.not_released} not released"
         )
-        if self.unverifiable:
+        if unverifiable:
             note = " (findings: --strict)" if self.strict else " (not findings without --strict)"
-            lines.append(f"{len(self.unverifiable)} transfer(s) unverifiable{note}:")
+            lines.append(f"{len(unverifiable)} transfer(s) unverifiable{note}:")
             lines += [
                 f"  {u.node} entry {u.entry} transfer {u.transfer_id} ({u.side} side): "
                 f"{u.other_member} {u.reason}"
-                for u in self.unverifiable
+                for u in unverifiable
             ]
-        lines += [str(f) for f in self.findings]
+        findings = self.findings
+        lines += [str(f) for f in findings]
         unreadable = [n.url for n in self.nodes if n.error is not None]
         if unreadable:
             lines.append(f"INCOMPLETE: could not read {', '.join(unreadable)}")
-        if self.findings:
-            lines.append(f"FAILED: {len(self.findings)} finding(s)")
+        if findings:
+            lines.append(f"FAILED: {len(findings)} finding(s)")
         elif not unreadable:
             lines.append("OK: no findings")
         return "\n".join(lines)

@@ -12,21 +12,35 @@ study moving from its owner to a requester, named by a transfer id (UUID4 hex) b
   transaction), and the purpose. An owner's refusal names no consent (it found none in force);
   the requester's event of the same transfer still names the basis it relied on.
 
+What each side's outcome says (the exchange writes them so; docs/security-audit.md):
+
+- the owner: 0 it sent the whole study; 4 it refused; 8 it began sending and stopped;
+- the requester: 0 it received and stored the whole study; 4 the owner refused; 8 the owner
+  answered with the study and the transfer did not complete (a broken stream, a failure to
+  store); 12 no transfer began: the owner could not be reached, did not answer in time, or
+  answered with an error — the owner may never have seen the request.
+
 Checks:
 
-- **Pairing**: each side must find the other side's event, with the same id, on the other
-  node, when that node is among those verified (``transfer-unpaired`` otherwise); the two must
-  agree on owner, requester, patient, study, consent and purpose (``transfer-mismatch``), and
-  each must be logged by the node it names as its own side (a failed side without a consent
-  is held to the other facts only). A transfer whose other node was not given (or could not
-  be read) is *unverifiable*: listed, a finding only with ``--strict``.
-- **Consent**: a transfer that released data (either side logged success) must have a
-  ``CrossHospitalAccess`` record on chain by the requester for that owner, patient and purpose,
-  whose consentRef is the one the events name — the grant key, or the break-glass transaction
-  hash (``access-not-recorded`` otherwise); the contract fixed
-  ``permitted`` at that record's block. When it is false, a ``BreakGlass`` record by the requester
-  for that patient, and that study or all studies, at or before that block must exist — the one
-  the events cite, when they cite one (``access-without-consent`` otherwise).
+- **Pairing**: a side the other node must also have logged is every owner side (the requester
+  logs every attempt it makes) and a requester side with outcome 0 or 8 (the owner answered
+  with the study, so it logged it before the closing boundary or when the stream stopped). Such
+  a side must find the other side's event, with the same id, on the other node, when that node
+  is among those verified (``transfer-unpaired`` otherwise). A requester side with outcome 4 or
+  12 asks nothing of the owner: the owner may have refused it before it was a transfer (an
+  unknown peer) or never received it. Both sides, when both logged, must agree on owner,
+  requester, patient, study, consent, purpose and outcome (``transfer-mismatch``): the outcomes
+  must be one of the pairs in ``_CONSISTENT``. Each side must be logged by the node it names as
+  its own side (a refusal without a consent is held to the other facts only). A transfer whose
+  other node was not given (or could not be read) is *unverifiable*: listed, a finding only
+  with ``--strict``.
+- **Consent**: a transfer that released data (either side's outcome is 0 or 8: the owner began
+  sending) must have a ``CrossHospitalAccess`` record on chain by the requester for that owner,
+  patient and purpose, whose consentRef is the one the events name — the grant key, or the
+  break-glass transaction hash (``access-not-recorded`` otherwise); the contract fixed
+  ``permitted`` at that record's block. When it is false, a ``BreakGlass`` record by the
+  requester for that patient, and that study or all studies, at or before that block must
+  exist — the one the events cite, when they cite one (``access-without-consent`` otherwise).
 """
 
 from __future__ import annotations
@@ -35,7 +49,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from ledger.anchor import AccessRecord, AuditAnchorClient
 from ledger.audit_events import (
@@ -51,10 +65,11 @@ from ledger.audit_events import (
     uid_hash,
 )
 from ledger.audit_events import Purpose as AuditPurpose
-from ledger.audit_report import AccessCounts, Finding, FindingKind, Unverifiable
+from ledger.audit_findings import Finding, FindingKind
+from ledger.break_glass import BreakGlassRecord, break_glass_records
 from ledger.chain import Chain
 from ledger.consent import Purpose
-from ledger.deploy import Deployment, checksum, contract
+from ledger.deploy import Deployment
 
 Side = Literal["owner", "requester"]
 BREAK_GLASS_PREFIX = "break-glass:"
@@ -62,6 +77,20 @@ _ADDRESS = re.compile(r"^0x[0-9a-f]{40}$")
 _HASH32 = re.compile(r"^0x[0-9a-f]{64}$")
 _ZERO32 = bytes(32)
 _FACTS = ("owner", "requester", "patient", "study", "consent", "purpose")
+# (owner, requester) outcomes that describe one transfer (the module docstring says what each
+# side's outcome means); any other pair is a transfer-mismatch.
+_CONSISTENT: Final = frozenset(
+    {
+        (Outcome.SUCCESS, Outcome.SUCCESS),
+        (Outcome.SUCCESS, Outcome.SERIOUS_FAILURE),  # all sent; the requester could not store it
+        (Outcome.SERIOUS_FAILURE, Outcome.SERIOUS_FAILURE),
+        (Outcome.SERIOUS_FAILURE, Outcome.MAJOR_FAILURE),  # it gave up before the answer came
+        (Outcome.MINOR_FAILURE, Outcome.MINOR_FAILURE),
+        (Outcome.MINOR_FAILURE, Outcome.MAJOR_FAILURE),  # the refusal came too late to be read
+    }
+)
+# Outcomes of a transfer that began: the owner answered with the study and sent some or all.
+_BEGAN: Final = frozenset({Outcome.SUCCESS, Outcome.SERIOUS_FAILURE})
 
 
 @dataclass(frozen=True)
@@ -78,35 +107,45 @@ class TransferSide:
     study: str | None
     consent: str | None
     purpose: str | None
-    succeeded: bool
+    outcome: Outcome
+
+    @property
+    def released(self) -> bool:
+        """Whether this side says the transfer began: the owner sent some or all of the study."""
+        return self.outcome in _BEGAN
+
+    @property
+    def binds_other_side(self) -> bool:
+        """Whether the other side's node must have logged this transfer too.
+
+        The requester logs every attempt, so every owner side binds it; the owner logged a
+        transfer it answered with the study, and may never have seen one the requester
+        records as unanswered (12) or refused (4, possibly before the request was a transfer).
+        """
+        return self.side == "owner" or self.released
 
     def facts(self) -> tuple[str | None, ...]:
         """What both sides must agree on."""
         return (self.owner, self.requester, self.patient, self.study, self.consent, self.purpose)
 
-    def disagreements(self, other: TransferSide) -> list[str]:
-        """The facts on which the two sides' events differ.
 
-        A side that names no consent (a refusal: the owner found none in force) is not held to
-        the consent the other side relied on.
-        """
-        return [
-            name
-            for name, mine, theirs in zip(_FACTS, self.facts(), other.facts(), strict=True)
-            if mine != theirs and not (name == "consent" and (mine is None or theirs is None))
-        ]
+def disagreements(owner: TransferSide, requester: TransferSide) -> list[str]:
+    """What the owner's and the requester's events of one transfer differ on.
 
-
-@dataclass(frozen=True)
-class BreakGlassRecord:
-    """One ConsentRegistry BreakGlass event."""
-
-    patient: str
-    member: str
-    study_hash: bytes
-    reason_code: int
-    tx_hash: str
-    block_number: int
+    A side that names no consent (a refusal: the owner found none in force) is not held to the
+    consent the other side relied on; outcomes must form one of the ``_CONSISTENT`` pairs.
+    """
+    differ = [
+        name
+        for name, mine, theirs in zip(_FACTS, owner.facts(), requester.facts(), strict=True)
+        if mine != theirs and not (name == "consent" and (mine is None or theirs is None))
+    ]
+    if (owner.outcome, requester.outcome) not in _CONSISTENT:
+        differ.append(
+            f"outcome (the owner recorded {int(owner.outcome)}, "
+            f"the requester {int(requester.outcome)})"
+        )
+    return differ
 
 
 class LedgerRecords(Protocol):
@@ -123,7 +162,6 @@ class ChainRecords:
         self.chain = chain
         self.deployment = deployment
         self.anchor = AuditAnchorClient(chain, deployment)
-        self.consent = contract(chain, "ConsentRegistry", deployment.consent_registry)
         self._accesses: dict[str, list[AccessRecord]] = {}
         self._break_glass: dict[tuple[str, str], list[BreakGlassRecord]] = {}
 
@@ -138,32 +176,10 @@ class ChainRecords:
         """Every BreakGlass the member recorded for the patient, oldest first."""
         key = (patient.lower(), member.lower())
         if key not in self._break_glass:
-            event = self.consent.events.BreakGlass()
-            logs = self.chain.get_logs(
-                self.deployment.consent_registry,
-                self.deployment.block_number,
-                None,
-                topics=[event.topic, _topic(patient), _topic(member)],
+            self._break_glass[key] = break_glass_records(
+                self.chain, self.deployment, patient, member
             )
-            out = []
-            for lg in sorted(logs, key=lambda x: (x["blockNumber"], x["logIndex"])):
-                args = event.process_log(lg)["args"]
-                out.append(
-                    BreakGlassRecord(
-                        patient=str(args["patient"]).lower(),
-                        member=str(args["member"]).lower(),
-                        study_hash=bytes(args["studyHash"]),
-                        reason_code=int(args["reasonCode"]),
-                        tx_hash="0x" + bytes(lg["transactionHash"]).hex(),
-                        block_number=int(lg["blockNumber"]),
-                    )
-                )
-            self._break_glass[key] = out
         return self._break_glass[key]
-
-
-def _topic(address: str) -> bytes:
-    return b"\x00" * 12 + bytes.fromhex(checksum(address)[2:])
 
 
 # -- writing the vocabulary (the nodes) and reading it (the verifier) from one place ----------
@@ -294,8 +310,50 @@ def transfer_side(event: AuditEvent, node: str, index: int) -> TransferSide | No
         study=entity(EntityKind.STUDY),
         consent=entity(EntityKind.CONSENT),
         purpose=event.purpose.value if event.purpose is not None else None,
-        succeeded=event.outcome is Outcome.SUCCESS,
+        outcome=event.outcome,
     )
+
+
+@dataclass(frozen=True)
+class Unverifiable:
+    """A transfer whose other side could not be checked (that node was not given, or unread)."""
+
+    node: str
+    transfer_id: str
+    entry: int
+    side: str
+    other_member: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form."""
+        return {
+            "node": self.node,
+            "transfer_id": self.transfer_id,
+            "entry": self.entry,
+            "side": self.side,
+            "other_member": self.other_member,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class AccessCounts:
+    """How the cross-hospital accesses of the transfers were justified."""
+
+    checked: int = 0
+    consented: int = 0
+    break_glass: int = 0
+    not_released: int = 0  # no side says the transfer began: nothing left the owner
+
+    def to_json(self) -> dict[str, int]:
+        """JSON form."""
+        return {
+            "checked": self.checked,
+            "consented": self.consented,
+            "break_glass": self.break_glass,
+            "not_released": self.not_released,
+        }
 
 
 @dataclass
@@ -336,6 +394,11 @@ def check_transfers(
     return result
 
 
+def _finding(kind: FindingKind, s: TransferSide, detail: str) -> Finding:
+    """A finding about one side's event of a transfer."""
+    return Finding(kind, (s.index,), detail, node=s.node, transfer_id=s.transfer_id)
+
+
 def _check_own_side(s: TransferSide, members: Mapping[str, str], result: TransferCheck) -> None:
     own = s.owner if s.side == "owner" else s.requester
     missing = [
@@ -345,32 +408,28 @@ def _check_own_side(s: TransferSide, members: Mapping[str, str], result: Transfe
             ("requester account", s.requester),
             ("patient", s.patient),
             ("study", s.study),
-            # A refusal names no consent (none was in force): only a side that released or
-            # received data must say on which basis.
-            ("consent", s.consent if s.succeeded else ""),
+            # A refusal names no consent (none was in force): only a side of a transfer that
+            # began must say on which basis.
+            ("consent", s.consent if s.released else ""),
             ("purpose", s.purpose),
         )
         if value is None
     ]
     if missing:
         result.findings.append(
-            Finding(
+            _finding(
                 "transfer-incomplete",
-                s.node,
+                s,
                 f"the {s.side} side's event does not name exactly one {', '.join(missing)}",
-                entries=(s.index,),
-                transfer_id=s.transfer_id,
             )
         )
     elif own != members.get(s.node):
         result.findings.append(
-            Finding(
+            _finding(
                 "transfer-mismatch",
-                s.node,
+                s,
                 f"logged as the {s.side} side, but it names {own} as the {s.side}, "
                 f"not this node's member {members.get(s.node)}",
-                entries=(s.index,),
-                transfer_id=s.transfer_id,
             )
         )
 
@@ -389,8 +448,8 @@ def _pair(
     ):
         for s in mine:
             other = s.requester if other_side == "requester" else s.owner
-            if other is None:
-                continue  # reported as incomplete
+            if other is None or not s.binds_other_side:
+                continue  # reported as incomplete; or nothing to find on the other side
             other_node = node_of.get(other)
             if other_node is None:
                 reason = (
@@ -403,12 +462,10 @@ def _pair(
                 )
                 if strict:
                     result.findings.append(
-                        Finding(
+                        _finding(
                             "transfer-unverifiable",
-                            s.node,
+                            s,
                             f"the {other_side} {other} {reason}",
-                            entries=(s.index,),
-                            transfer_id=s.transfer_id,
                         )
                     )
                 continue
@@ -416,26 +473,22 @@ def _pair(
             if not counterpart:
                 event = "IMPORT" if other_side == "requester" else "INSTANCES_TRANSFERRED"
                 result.findings.append(
-                    Finding(
+                    _finding(
                         "transfer-unpaired",
-                        s.node,
+                        s,
                         f"logged by the {s.side} only: the {other_side} {other_node} has no "
                         f"{event} event with this transfer id",
-                        entries=(s.index,),
-                        transfer_id=s.transfer_id,
                     )
                 )
-            elif other_side == "requester" and all(s.disagreements(t) for t in counterpart):
+            elif other_side == "requester" and all(disagreements(s, t) for t in counterpart):
                 t = counterpart[0]
-                differ = s.disagreements(t)
+                differ = disagreements(s, t)
                 result.findings.append(
-                    Finding(
+                    _finding(
                         "transfer-mismatch",
-                        s.node,
+                        s,
                         f"the owner's and the requester's events ({t.node} entry {t.index}) "
                         f"disagree on the {', '.join(differ)}",
-                        entries=(s.index,),
-                        transfer_id=s.transfer_id,
                     )
                 )
 
@@ -446,7 +499,7 @@ def _check_consent(
     # The requester's event states what it relied on; the owner's stands in when it is alone.
     ordered = sorted(logged, key=lambda s: s.side != "requester")
     facts = ordered[0]
-    if not any(s.succeeded for s in logged):
+    if not any(s.released for s in logged):
         result.accesses.not_released += 1
         return
     owner, requester, patient = facts.owner, facts.requester, facts.patient
@@ -456,11 +509,6 @@ def _check_consent(
     if purpose_label is None or not _ADDRESS.match(patient):
         return
     result.accesses.checked += 1
-
-    def finding(kind: FindingKind, detail: str) -> Finding:
-        return Finding(
-            kind, facts.node, detail, entries=(facts.index,), transfer_id=facts.transfer_id
-        )
 
     purpose = int(Purpose.parse(purpose_label))
     cited_tx = (
@@ -481,8 +529,9 @@ def _check_consent(
             else ""
         )
         result.findings.append(
-            finding(
+            _finding(
                 "access-not-recorded",
+                facts,
                 f"no CrossHospitalAccess on chain by the requester {requester} for the "
                 f"owner {owner}, this patient and purpose {purpose_label} with the consent "
                 f"reference the events name{others}",
@@ -512,8 +561,9 @@ def _check_consent(
         else ""
     )
     result.findings.append(
-        finding(
+        _finding(
             "access-without-consent",
+            facts,
             f"the access recorded on chain in block(s) {blocks} had no consent in force "
             f"(permitted=false) and no break-glass by the requester {requester} for this "
             f"patient and study precedes it{cited}",

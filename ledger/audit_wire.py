@@ -5,7 +5,8 @@ Two things cross the wire (docs/security-audit.md):
 - every ``/fhir/AuditEvent`` resource carries the extension ``PROOF_URL``: the leaf's canonical
   bytes, its index, the tree head (size, root) and audit path the node proves it against, and,
   when one of the node's anchors covers it, that anchor (size, root, transaction, block) with
-  the audit path to the anchored root;
+  the audit path to the anchored root (for a client checking one entry; the auditor rebuilds
+  the tree from the leaves instead, and does not read that path);
 - the node's CapabilityStatement (``/fhir/metadata``, public) names the consortium member
   account the node anchors its log under, as ``implementation.custodian.identifier`` with the
   system ``MEMBER_ACCOUNT_SYSTEM``. An auditor never takes that claim alone: it must match the
@@ -38,13 +39,12 @@ class AuditWireError(ValueError):
 
 @dataclass(frozen=True)
 class ServedAnchor:
-    """An anchor a node says covers an entry, with the entry's path to the anchored root."""
+    """An anchor a node says covers an entry."""
 
     size: int
     root: bytes
     tx_hash: str
     block_number: int
-    path: tuple[bytes, ...]
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,6 @@ def parse_served_entry(resource: Any) -> ServedEntry:
             root=_hash(_one(parts, "anchoredRoot"), "anchoredRoot"),
             tx_hash=tx.lower(),
             block_number=_uint(_one(parts, "anchorBlock"), "anchorBlock"),
-            path=tuple(_hash(h, "anchoredPath") for h in parts.get("anchoredPath", [])),
         )
     return ServedEntry(
         index=index,

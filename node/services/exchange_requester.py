@@ -328,6 +328,9 @@ class ExchangeRequester:
         url = f"{owner.endpoint}{PEER_STUDIES_PATH}/{request.study_uid}"
         timeout = httpx.Timeout(self.peers.transfer_timeout, connect=self.peers.search_timeout)
         progress = _Progress()
+        # Until the owner answers with the study, no transfer began: the event says 12, and an
+        # auditor does not look for the owner's (which may never have seen it); from then on 8.
+        unserved = Outcome.MAJOR_FAILURE
         try:
             # The body is read, parsed and stored off the event loop (see transfer_client).
             with self.peers.transfer_client(timeout) as client:
@@ -336,14 +339,13 @@ class ExchangeRequester:
                     if response.status_code != 200:
                         reason = _reason(await to_thread.run_sync(_bounded_body, response))
                         refused = response.status_code in (401, 403)
-                        await self._audit(
-                            t, Outcome.MINOR_FAILURE if refused else Outcome.SERIOUS_FAILURE
-                        )
+                        await self._audit(t, Outcome.MINOR_FAILURE if refused else unserved)
                         if refused:
                             raise TransferRefusedError(f"{owner.hospital_id} refused: {reason}")
                         raise PeerUnreachableError(
                             f"{owner.hospital_id} answered HTTP {response.status_code}: {reason}"
                         )
+                    unserved = Outcome.SERIOUS_FAILURE
                     boundary = _boundary(response.headers.get("content-type"))
                     if boundary is None:
                         await self._audit(t, Outcome.SERIOUS_FAILURE)
@@ -358,18 +360,18 @@ class ExchangeRequester:
                     )
         except (TimeoutError, httpx.TimeoutException) as exc:
             if not progress.started:
-                await self._audit(t, Outcome.SERIOUS_FAILURE)
+                await self._audit(t, unserved)
                 raise PeerTimeoutError(
                     f"{owner.hospital_id} did not answer within {self.peers.search_timeout:g} s"
                 ) from exc
             progress.broken = f"{owner.hospital_id} stopped sending (timeout)"
         except httpx.ConnectError as exc:
-            await self._audit(t, Outcome.SERIOUS_FAILURE)
+            await self._audit(t, unserved)
             failure = _connect_failure(exc)
             raise PeerUnreachableError(f"{owner.hospital_id}: {failure.detail}") from exc
         except (httpx.HTTPError, InvalidRequestError) as exc:
             if not progress.started:
-                await self._audit(t, Outcome.SERIOUS_FAILURE)
+                await self._audit(t, unserved)
                 raise PeerUnreachableError(
                     f"{owner.hospital_id}: the exchange failed ({type(exc).__name__})"
                 ) from exc

@@ -47,6 +47,16 @@ def test_a_clean_log_has_no_findings_and_counts_what_is_unanchored() -> None:
     assert check.unanchored == 4
 
 
+def test_entries_past_the_last_anchor_are_a_finding_only_when_anchoring_is_required() -> None:
+    entries = served(dict(enumerate(ORIGINAL)), ORIGINAL)
+    assert check_log(entries, N, ANCHORS).findings == []
+
+    check = check_log(entries, N, ANCHORS, require_anchored=True)
+    (finding,) = check.findings
+    assert (finding.kind, finding.span) == ("unanchored", (12, N - 1))
+    assert finding.detail == "4 entries are not anchored on chain yet"
+
+
 def test_an_edited_row_is_named_and_the_anchors_say_why_they_fail() -> None:
     bodies = dict(enumerate(ORIGINAL))
     bodies[3] = b'{"event":3,"outcome":4}'
@@ -104,9 +114,21 @@ def test_entries_dropped_from_the_end_below_an_anchor_are_missing() -> None:
 
 
 def test_an_anchor_the_chain_does_not_hold_is_reported() -> None:
-    made_up = ServedAnchor(8, merkle.root(ORIGINAL[:8]), TX, 15, ())
+    made_up = ServedAnchor(8, merkle.root(ORIGINAL[:8]), TX, 15)
     check = check_log(served(dict(enumerate(ORIGINAL)), ORIGINAL, made_up), N, ANCHORS)
     assert kinds(check) == [("anchor-unknown", (0,))]
+
+
+def test_a_cited_anchor_is_the_chain_s_only_in_the_block_the_chain_mined_it() -> None:
+    real = ANCHORS[1]
+    as_mined = ServedAnchor(real.size, real.root, real.tx_hash, real.block_number)
+    check = check_log(served(dict(enumerate(ORIGINAL)), ORIGINAL, as_mined), N, ANCHORS)
+    assert check.findings == []
+
+    elsewhere = ServedAnchor(real.size, real.root, real.tx_hash, real.block_number + 1)
+    check = check_log(served(dict(enumerate(ORIGINAL)), ORIGINAL, elsewhere), N, ANCHORS)
+    assert kinds(check) == [("anchor-unknown", (0,))]
+    assert f"(block {real.block_number + 1})" in check.findings[0].detail
 
 
 def test_anchors_that_do_not_extend_each_other_are_inconsistent() -> None:

@@ -68,8 +68,9 @@ class Transfer:
         user = Agent(who="user:dr-b", role=ParticipantRole.CLINICIAN, requestor=True)
         return requester_event(source=Source(node="hosp-b"), user=user, **facts)
 
-    def check(self, owner: AuditEvent, requester: AuditEvent | None) -> TransferCheck:
-        sides = [transfer_side(owner, OWNER, 7)]
+    def check(self, owner: AuditEvent | None, requester: AuditEvent | None) -> TransferCheck:
+        """The check of the events the owner (entry 7) and the requester (entry 9) logged."""
+        sides = [transfer_side(owner, OWNER, 7)] if owner is not None else []
         if requester is not None:
             sides.append(transfer_side(requester, REQUESTER, 9))
         assert self.env.deployment is not None
@@ -129,3 +130,74 @@ def test_two_sides_that_name_different_consents_disagree(env: ChainEnv) -> None:
     (mismatch,) = result.findings
     assert mismatch.kind == "transfer-mismatch"
     assert mismatch.detail.endswith("disagree on the consent")
+
+
+def test_a_requester_that_never_reached_the_owner_needs_no_owner_event(env: ChainEnv) -> None:
+    # The owner was down (connection refused, no answer in time): the requester logged the
+    # attempt with outcome 12, and the owner, which never saw it, logged nothing. Honest.
+    t = Transfer(env)
+
+    result = t.check(None, t.event("requester", Outcome.MAJOR_FAILURE, consent=ref()))
+
+    assert result.findings == [] and result.unverifiable == []
+    assert (result.accesses.not_released, result.accesses.checked) == (1, 0)
+
+
+def test_a_transfer_the_owner_began_must_be_in_its_log(env: ChainEnv) -> None:
+    # The owner answered with the study and the stream broke (8): instances may have left it,
+    # so its log must hold the transfer, and the access must be on chain.
+    t = Transfer(env)
+
+    result = t.check(None, t.event("requester", Outcome.SERIOUS_FAILURE, consent=ref()))
+
+    assert {(f.kind, f.node) for f in result.findings} == {
+        ("transfer-unpaired", REQUESTER),
+        ("access-not-recorded", REQUESTER),
+    }
+    assert result.accesses.checked == 1
+
+
+@pytest.mark.parametrize(
+    ("owner_outcome", "requester_outcome"),
+    [
+        (Outcome.MINOR_FAILURE, Outcome.SUCCESS),  # refused, yet received in full
+        (Outcome.SERIOUS_FAILURE, Outcome.SUCCESS),  # the stream stopped, yet all arrived
+        (Outcome.SUCCESS, Outcome.MAJOR_FAILURE),  # sent in full, yet never answered
+        (Outcome.SUCCESS, Outcome.MINOR_FAILURE),  # sent in full, yet refused
+    ],
+)
+def test_sides_whose_outcomes_contradict_each_other_disagree(
+    env: ChainEnv, owner_outcome: Outcome, requester_outcome: Outcome
+) -> None:
+    t = Transfer(env)
+    consent = ref()
+    owner_consent = None if owner_outcome is Outcome.MINOR_FAILURE else consent
+
+    result = t.check(
+        t.event("owner", owner_outcome, consent=owner_consent),
+        t.event("requester", requester_outcome, consent=consent),
+    )
+
+    (mismatch,) = [f for f in result.findings if f.kind.startswith("transfer-")]
+    assert (mismatch.kind, mismatch.node, mismatch.entries) == ("transfer-mismatch", OWNER, (7,))
+    assert mismatch.detail.endswith(
+        f"disagree on the outcome (the owner recorded {int(owner_outcome)}, "
+        f"the requester {int(requester_outcome)})"
+    )
+
+
+def test_a_stream_the_requester_gave_up_on_before_the_answer_came_is_consistent(
+    env: ChainEnv,
+) -> None:
+    # The owner began sending (8) after the requester had stopped waiting for its answer (12):
+    # one transfer, told honestly from both ends. The owner began, so the access is checked.
+    t = Transfer(env)
+    consent = ref()
+
+    result = t.check(
+        t.event("owner", Outcome.SERIOUS_FAILURE, consent=consent),
+        t.event("requester", Outcome.MAJOR_FAILURE, consent=consent),
+    )
+
+    assert [f.kind for f in result.findings] == ["access-not-recorded"]
+    assert result.accesses.checked == 1

@@ -466,6 +466,30 @@ def test_broken_transfer_keeps_an_instance_that_arrived_whole_just_before_the_br
     assert row["instancesReceived"] == 3 and row["complete"] is False
 
 
+@pytest.mark.parametrize(("owner", "status"), [("c", 502), ("d", 504)])
+def test_an_owner_never_reached_is_logged_as_a_transfer_that_never_began(
+    net: Network, owner: str, status: int
+) -> None:
+    # C is down (connection refused); D accepts and never answers the handshake. Neither saw
+    # the request, so B's event says 12 (no transfer began) and an auditor asks nothing of
+    # their logs; 8 would say the owner began sending.
+    patient = make_patient(net, f"owner-{owner}-down", instances=(1,))
+    (study,) = list(patient.studies)
+    net.grant(patient.account, study)
+
+    r = retrieve(net, study, patient.address, source=net.member_accounts[owner])
+
+    assert r.status_code == status, r.text
+    (event,) = [
+        e
+        for e in net.b.audit_events()
+        if e.event_type is EventType.IMPORT and entity(e, EntityKind.STUDY) == uid_hash(study)
+    ]
+    assert event.outcome is Outcome.MAJOR_FAILURE
+    assert event.agents[1].who == net.member_accounts[owner]
+    assert b_transfers(net, study) == []
+
+
 # -- who may ask ---------------------------------------------------------------------------------
 
 
