@@ -115,12 +115,14 @@ class SearchScope:
     """The part of the archive a search may see (a credential limited to some studies).
 
     Only `study_uids`; below study level, only series whose modality is not excluded (a NULL
-    modality counts as excluded) and, with `images_only`, only instances with pixel rows.
+    modality counts as excluded), with `images_only`, only instances with pixel rows and, with
+    `declared_clean`, only instances recorded as declaring no burned-in annotation.
     """
 
     study_uids: frozenset[str]
     excluded_modalities: frozenset[str] = frozenset()
     images_only: bool = False
+    declared_clean: bool = False
 
     def where(self, level: QueryLevel) -> list[ColumnElement[bool]]:
         """The conditions that keep a search at `level` inside the scope."""
@@ -135,6 +137,8 @@ class SearchScope:
             clauses.append(SERIES_T.c.modality.not_in(excluded))
         if level is QueryLevel.INSTANCE and self.images_only:
             clauses.append(INSTANCE_T.c.rows.is_not(None))
+        if level is QueryLevel.INSTANCE and self.declared_clean:
+            clauses.append(INSTANCE_T.c.burned_in_annotation.is_(False))
         return clauses
 
 

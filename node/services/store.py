@@ -108,6 +108,11 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+def declares_burned_in(ds: Dataset) -> bool:
+    """Whether the header declares text burned into its pixels (Burned In Annotation YES)."""
+    return (_text(ds, "BurnedInAnnotation") or "").strip().upper() == "YES"
+
+
 def index_attributes(
     ds: Dataset, transfer_syntax: str
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -151,6 +156,7 @@ def index_attributes(
         "number_of_frames": _int(ds, "NumberOfFrames"),
         "bits_allocated": _int(ds, "BitsAllocated"),
         "photometric_interpretation": _text(ds, "PhotometricInterpretation"),
+        "burned_in_annotation": declares_burned_in(ds),
     }
     return study, series, instance
 

@@ -10,16 +10,19 @@ when all of these hold at the consent cache's synced block:
   members, for this study or for all studies (ConsentCache.check).
 Below study level it sees only images (instances with pixel rows) of series whose modality does
 not commonly carry text burned into the pixels, and never an instance that declares burned-in
-annotation: the Basic Profile does not clean pixels (docs/deidentification.md).
+annotation: the Basic Profile does not clean pixels (docs/deidentification.md). The index
+records each instance's declaration at store time, so searches filter in SQL, before limit and
+offset (an older instance's is recorded when its study is first served: node.services.burned_in).
 
 Everything else does not exist for it: searches leave it out and retrieves answer 404 with the
 message an unknown UID gets. A stale cache or a node without a ledger answers 503, never an
 empty list.
 
 UIDs: the credential sees only de-identified UIDs (UidMapper under this node's training key).
-The mapping is one-way, so a de-identified UID is resolved by mapping each candidate the
-credential may see (visible studies, their series, their instances) and comparing: there is no
-table of pairs to keep current or to leak.
+The mapping is one-way, so a de-identified UID is resolved by mapping each candidate and
+comparing: there is no table of pairs to keep current or to leak. A study UID is looked up among
+the linked patients' stored studies (the index alone); consent is then checked for that study
+only, so a WADO request costs one consent check, not one per linked study.
 """
 
 from __future__ import annotations
@@ -40,11 +43,13 @@ from ledger.consent import ConsentCache, Purpose, study_hash
 from node.errors import InvalidRequestError, NotFoundError
 from node.services import retrieve
 from node.services.archive import Archive
+from node.services.burned_in import record_unrecorded
 from node.services.consent_errors import ledger_errors
 from node.services.deid import DeidOptions, UidMapper, effective_action
 from node.services.patient_links import LinkedPatient, active_links
 from node.services.query import Query, SearchScope
 from node.services.query_keys import MatchKind, uid_is_valid
+from node.services.store import declares_burned_in
 from node.storage import records
 from node.storage.crypto import create_secret_file
 from node.storage.records import InstanceRow
@@ -72,7 +77,7 @@ def load_uid_key(path: Path) -> bytes:
 
 def refusal(header: Dataset) -> str | None:
     """Why an instance is never served for training (None: it may be)."""
-    if str(header.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
+    if declares_burned_in(header):
         return "declares burned-in annotation"
     if str(header.get("Modality", "") or "").strip().upper() in BURNED_IN_MODALITIES:
         return "is of a modality that often burns text into pixels"
@@ -102,11 +107,10 @@ def audit_entities(studies: Iterable[VisibleStudy]) -> list[tuple[EntityKind, st
 
 @dataclass(frozen=True)
 class Resolved:
-    """What a de-identified WADO URL addresses: its study, and its instances with headers."""
+    """What a de-identified WADO URL addresses: its study, and its servable instances."""
 
     study: VisibleStudy
     rows: list[InstanceRow]
-    headers: dict[str, Dataset]
 
 
 @dataclass(frozen=True)
@@ -155,23 +159,26 @@ class TrainingView:
         return by_mrn
 
     @cached_property
-    def _permitted(self) -> dict[str, _Permitted]:
-        """Studies with servable images that a linked patient's grant covers (consent only)."""
+    def _candidates(self) -> dict[str, str]:
+        """Stored Study Instance UID -> Patient ID, for every study of a linked MRN."""
+        with self.archive.engine.connect() as conn:
+            return dict(_studies_of(conn, sorted(self._links)))
+
+    def _permit(self, study_uids: list[str]) -> dict[str, _Permitted]:
+        """Those of these candidates with servable images that a linked patient's grant
+        covers (consent only)."""
         with ledger_errors():
             self.cache.require_fresh()  # a stale cache answers 503, not an empty list
-        links = self._links
         with self.archive.engine.connect() as conn:
-            candidates = _studies_of(conn, sorted(links))
             # A study with nothing servable (only reports, or only ultrasound) is not listed.
-            with_images = records.studies_with_images(
-                conn, [uid for uid, _ in candidates], BURNED_IN_MODALITIES
-            )
+            with_images = records.studies_with_images(conn, study_uids, BURNED_IN_MODALITIES)
         out: dict[str, _Permitted] = {}
-        for study_uid, mrn in candidates:
+        for study_uid in study_uids:
             if study_uid not in with_images:
                 continue
+            mrn = self._candidates[study_uid]
             refs = {}
-            for link in links[mrn]:
+            for link in self._links[mrn]:
                 ref = self._grant(link.address, study_uid)
                 if ref is not None:
                     refs[link.address.lower()] = ref
@@ -179,22 +186,26 @@ class TrainingView:
                 out[study_uid] = _Permitted(mrn, refs)
         return out
 
-    def _settle(self, study_uids: list[str]) -> dict[str, VisibleStudy]:
-        """Those permitted studies whose owner (by IssuerOfPatientID) holds the grant."""
+    def _settle(self, permitted: dict[str, _Permitted]) -> dict[str, VisibleStudy]:
+        """Those permitted studies whose owner (by IssuerOfPatientID) holds the grant, their
+        images' burned-in declarations recorded (for instances stored before the index
+        held them) so that SQL can filter on them."""
+        study_uids = sorted(permitted)
         issuers = self._issuers(study_uids)
         out: dict[str, VisibleStudy] = {}
         for study_uid in study_uids:
-            permitted = self._permitted[study_uid]
-            owner = _owner(self._links[permitted.mrn], issuers.get(study_uid, ""))
-            if owner is not None and owner.address.lower() in permitted.refs:
+            owner = _owner(self._links[permitted[study_uid].mrn], issuers.get(study_uid, ""))
+            refs = permitted[study_uid].refs
+            if owner is not None and owner.address.lower() in refs:
                 address = owner.address.lower()
-                out[study_uid] = VisibleStudy(study_uid, address, permitted.refs[address])
+                out[study_uid] = VisibleStudy(study_uid, address, refs[address])
+        record_unrecorded(self.archive, sorted(out))
         return out
 
     @cached_property
     def visible(self) -> dict[str, VisibleStudy]:
         """Stored Study Instance UID -> the visible study, for every study this view sees."""
-        return self._settle(sorted(self._permitted))
+        return self._settle(self._permit(sorted(self._candidates)))
 
     def _grant(self, address: str, study_uid: str) -> str | None:
         """The consentRef of the AI-training grant for this node, or None."""
@@ -235,7 +246,9 @@ class TrainingView:
     @property
     def scope(self) -> SearchScope:
         """The search scope of this view."""
-        return SearchScope(frozenset(self.visible), BURNED_IN_MODALITIES, images_only=True)
+        return SearchScope(
+            frozenset(self.visible), BURNED_IN_MODALITIES, images_only=True, declared_clean=True
+        )
 
     # -- UIDs ------------------------------------------------------------------------------
 
@@ -245,16 +258,17 @@ class TrainingView:
 
     @cached_property
     def _study_by_deid(self) -> dict[str, str]:
-        return {self.mapper(uid): uid for uid in self._permitted}
+        return {self.mapper(uid): uid for uid in self._candidates}
 
     def study(self, deid_study_uid: str) -> VisibleStudy | None:
-        """The visible study a de-identified UID names, or None (only its issuer is read)."""
+        """The visible study a de-identified UID names, or None (consent is checked, and
+        its issuer read, for that study only)."""
         stored = self._study_by_deid.get(deid_study_uid.strip())
         if stored is None:
             return None
         if "visible" in self.__dict__:  # already settled for the whole view
             return self.visible.get(stored)
-        return self._settle([stored]).get(stored)
+        return self._settle(self._permit([stored])).get(stored)
 
     def _stored_uids(
         self, level: str, deid_uids: Iterable[str], within: str | None = None
@@ -313,13 +327,6 @@ class TrainingView:
             stored_series = series[0]
         return replace(query, conditions=tuple(conditions)), stored_study, stored_series
 
-    def servable(self, sop_uids: list[str]) -> set[str]:
-        """Those of these instances whose headers do not refuse training."""
-        with self.archive.engine.connect() as conn:
-            rows = records.find_instances(conn, sop_uids)
-        headers = retrieve.load_headers(self.archive, rows)
-        return {uid for uid, header in headers.items() if refusal(header) is None}
-
     # -- retrieves -------------------------------------------------------------------------
 
     def resolve(
@@ -338,15 +345,9 @@ class TrainingView:
             if (deid_series is None or self.mapper(r.series_uid) == deid_series.strip())
             and (deid_sop is None or self.mapper(r.sop_instance_uid) == deid_sop.strip())
         ]
-        headers = retrieve.load_headers(self.archive, rows) if rows else {}
-        rows = [
-            r
-            for r in rows
-            if r.sop_instance_uid in headers and refusal(headers[r.sop_instance_uid]) is None
-        ]
         if not rows:
             raise NotFoundError(f"{what} not found")
-        return Resolved(study, rows, headers)
+        return Resolved(study, rows)
 
 
 def _owner(links: list[LinkedPatient], issuer: str) -> LinkedPatient | None:
@@ -406,5 +407,6 @@ def _uids_below(conn: Connection, level: str, study_uids: list[str]) -> list[str
 
 
 def _scoped_instances(conn: Connection, *study_uids: str) -> list[InstanceRow]:
-    """Image instances of these studies outside burned-in-prone series, in retrieve order."""
-    return records.list_images(conn, list(study_uids), BURNED_IN_MODALITIES)
+    """Image instances of these studies outside burned-in-prone series that declare no
+    burned-in annotation, in retrieve order."""
+    return records.list_images(conn, list(study_uids), BURNED_IN_MODALITIES, declared_clean=True)

@@ -71,15 +71,23 @@ def export_instance(view: TrainingView, row: InstanceRow, transfer_syntax: str) 
     return buffer.getvalue()
 
 
-def export_metadata(view: TrainingView, header: Dataset) -> DicomJson:
-    """An instance's header as DICOM JSON, de-identified, every value inline.
+def export_metadata(view: TrainingView, rows: list[InstanceRow]) -> list[DicomJson]:
+    """These instances' headers as DICOM JSON, de-identified, every value inline.
 
     No Pixel Data reference: the credential receives pixels with the instance (WADO-RS
-    retrieve), not through bulk data URIs, which it may not call.
+    retrieve), not through bulk data URIs, which it may not call. A header that refuses
+    training (changed since the index recorded it) is left out, as `export_instance` would.
     """
-    deidentify(header, view.secret, view.options)
-    _drop_urls(header)
-    return to_dicom_json(header)
+    headers = retrieve.load_headers(view.archive, rows)
+    out: list[DicomJson] = []
+    for row in rows:
+        header = headers.get(row.sop_instance_uid)
+        if header is None or refusal(header) is not None:
+            continue
+        deidentify(header, view.secret, view.options)
+        _drop_urls(header)
+        out.append(to_dicom_json(header))
+    return out
 
 
 def raw_metadata_loader(view: TrainingView) -> Callable[[list[str]], dict[str, DicomJson]]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, Index, LargeBinary
+from sqlalchemy import Column, Index, LargeBinary, text
 from sqlmodel import Field, SQLModel
+
+UNRECORDED_BURNED_IN = "burned_in_annotation IS NULL AND rows IS NOT NULL"
 
 
 def _now() -> datetime:
@@ -66,7 +68,18 @@ class Instance(SQLModel, table=True):
     """One stored SOP instance and where its encrypted blob lives."""
 
     __tablename__ = "instance"
-    __table_args__ = (Index("ix_instance_series_number", "series_uid", "instance_number"),)
+    __table_args__ = (
+        Index("ix_instance_series_number", "series_uid", "instance_number"),
+        # Images whose burned-in declaration is not recorded yet (stored before migration
+        # 0007): the training view finds them per study without scanning, and the index
+        # empties as it records them.
+        Index(
+            "ix_instance_burned_in_unrecorded",
+            "study_uid",
+            sqlite_where=text(UNRECORDED_BURNED_IN),
+            postgresql_where=text(UNRECORDED_BURNED_IN),
+        ),
+    )
 
     sop_instance_uid: str = Field(primary_key=True, max_length=64)
     series_uid: str = Field(foreign_key="series.series_uid", max_length=64)
@@ -79,6 +92,9 @@ class Instance(SQLModel, table=True):
     number_of_frames: int | None = None
     bits_allocated: int | None = None
     photometric_interpretation: str | None = Field(default=None)
+    # Burned In Annotation (0028,0301) is YES: text in the pixels, never served for training.
+    # NULL only for an instance stored before the index recorded it (migration 0007).
+    burned_in_annotation: bool | None = Field(default=None)
     size_bytes: int  # plaintext Part-10 size
     content_sha256: str = Field(max_length=64)  # of the plaintext, for the duplicate policy
     blob_name: str = Field(max_length=64, unique=True)

@@ -6,7 +6,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Row, Select, Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -84,20 +84,37 @@ def list_instances(
     return [_row(r) for r in conn.execute(q)]
 
 
-def list_images(
-    conn: Connection, study_uids: list[str], excluded_modalities: frozenset[str] = frozenset()
-) -> list[InstanceRow]:
-    """Image instances (with pixel rows) of these studies, outside series of the excluded
-    modalities (a series without a modality counts as excluded), in retrieve order."""
+def _images(
+    columns: list[Any],
+    study_uids: list[str],
+    excluded_modalities: frozenset[str],
+    declared_clean: bool = False,
+) -> Select[Any]:
+    """Image instances (with pixel rows) of these studies outside series of the excluded
+    modalities (a series without a modality counts as excluded); with `declared_clean`, only
+    those recorded as declaring no burned-in annotation (an unrecorded one is left out)."""
     q = (
-        select(*_ROW_COLS)
+        select(*columns)
         .select_from(INSTANCE.join(SERIES, SERIES.c.series_uid == INSTANCE.c.series_uid))
         .where(
             INSTANCE.c.study_uid.in_(study_uids),
             INSTANCE.c.rows.is_not(None),
             SERIES.c.modality.not_in(sorted(excluded_modalities)),
         )
-        .order_by(INSTANCE.c.series_uid, INSTANCE.c.instance_number, INSTANCE.c.sop_instance_uid)
+    )
+    return q.where(INSTANCE.c.burned_in_annotation.is_(False)) if declared_clean else q
+
+
+def list_images(
+    conn: Connection,
+    study_uids: list[str],
+    excluded_modalities: frozenset[str] = frozenset(),
+    *,
+    declared_clean: bool = False,
+) -> list[InstanceRow]:
+    """The instances `_images` selects, in retrieve order."""
+    q = _images(list(_ROW_COLS), study_uids, excluded_modalities, declared_clean).order_by(
+        INSTANCE.c.series_uid, INSTANCE.c.instance_number, INSTANCE.c.sop_instance_uid
     )
     return [_row(r) for r in conn.execute(q)]
 
@@ -108,18 +125,38 @@ def studies_with_images(
     """Those of these studies that `list_images` would find an instance in."""
     found: set[str] = set()
     for i in range(0, len(study_uids), 500):
-        q = (
-            select(INSTANCE.c.study_uid)
-            .select_from(INSTANCE.join(SERIES, SERIES.c.series_uid == INSTANCE.c.series_uid))
-            .where(
-                INSTANCE.c.study_uid.in_(study_uids[i : i + 500]),
-                INSTANCE.c.rows.is_not(None),
-                SERIES.c.modality.not_in(sorted(excluded_modalities)),
-            )
-            .distinct()
-        )
-        found.update(r[0] for r in conn.execute(q))
+        q = _images([INSTANCE.c.study_uid], study_uids[i : i + 500], excluded_modalities)
+        found.update(r[0] for r in conn.execute(q.distinct()))
     return found
+
+
+def unrecorded_burned_in(conn: Connection, study_uids: list[str]) -> list[InstanceRow]:
+    """Images of these studies whose burned-in declaration is not recorded (stored before the
+    index held it); served by the partial index of exactly these rows."""
+    out: list[InstanceRow] = []
+    for i in range(0, len(study_uids), 500):
+        q = select(*_ROW_COLS).where(
+            INSTANCE.c.study_uid.in_(study_uids[i : i + 500]),
+            INSTANCE.c.burned_in_annotation.is_(None),
+            INSTANCE.c.rows.is_not(None),
+        )
+        out += [_row(r) for r in conn.execute(q)]
+    return out
+
+
+def record_burned_in(conn: Connection, declared: dict[str, bool]) -> None:
+    """Record instances' burned-in declarations (read from their headers), once each."""
+    if not declared:
+        return
+    stmt = (
+        update(INSTANCE)
+        .where(
+            INSTANCE.c.sop_instance_uid == bindparam("b_sop_uid"),
+            INSTANCE.c.burned_in_annotation.is_(None),
+        )
+        .values(burned_in_annotation=bindparam("b_declared"))
+    )
+    conn.execute(stmt, [{"b_sop_uid": k, "b_declared": v} for k, v in declared.items()])
 
 
 def series_study(conn: Connection, series_uid: str) -> str | None:

@@ -1,17 +1,24 @@
-"""Settings precedence and the Alembic schema matching the models, on both backends."""
+"""Settings precedence, the Alembic schema matching the models, and a migration over stored
+rows, on both backends."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from pydantic import ValidationError
+from pydicom.uid import ExplicitVRLittleEndian
+from sqlalchemy import select
 from sqlmodel import SQLModel
 
+from node.services.store import index_attributes
 from node.settings import load_settings
-from node.storage.db import open_index
+from node.storage import records
+from node.storage.db import alembic_config, create_index_engine, open_index
+from tests.node.factories import make_ct
 
 
 def test_flags_beat_environment_beat_config_file(
@@ -55,3 +62,44 @@ def test_migrated_schema_matches_the_models(database_url: str) -> None:
         diff = compare_metadata(context, SQLModel.metadata)
     engine.dispose()
     assert diff == [], f"models and migrations differ; add a migration: {diff}"
+
+
+def _burned_in(url: str, sop_uid: str) -> bool | None:
+    engine = create_index_engine(url)
+    with engine.connect() as conn:
+        value: bool | None = conn.execute(
+            select(records.INSTANCE.c.burned_in_annotation).where(
+                records.INSTANCE.c.sop_instance_uid == sop_uid
+            )
+        ).scalar_one()
+    engine.dispose()
+    return value
+
+
+def test_instances_stored_before_0007_come_out_of_it_unrecorded(database_url: str) -> None:
+    """The store records Burned In Annotation; an archive upgraded to 0007 keeps its older
+    instances, with their declaration unrecorded (NULL) for the training view to read."""
+    ds = make_ct()
+    ds.BurnedInAnnotation = "NO"
+    study, series, instance = index_attributes(ds, ExplicitVRLittleEndian)
+    instance.update(size_bytes=1, content_sha256="0" * 64, blob_name="b" * 64, metadata_enc=b"x")
+    engine = open_index(database_url)
+    with engine.begin() as conn:
+        records.insert_instance(conn, study, series, instance)
+    engine.dispose()
+    assert _burned_in(database_url, ds.SOPInstanceUID) is False
+
+    cfg = alembic_config(database_url)
+    command.downgrade(cfg, "-1")  # to the revision before the burned-in column
+    command.upgrade(cfg, "head")
+    assert _burned_in(database_url, ds.SOPInstanceUID) is None
+    engine = create_index_engine(database_url)
+    with engine.begin() as conn:
+        (row,) = records.unrecorded_burned_in(conn, [ds.StudyInstanceUID])
+        assert row.sop_instance_uid == ds.SOPInstanceUID
+        # Unrecorded is not clean; once recorded from its header (NO), it is.
+        assert records.list_images(conn, [ds.StudyInstanceUID], declared_clean=True) == []
+        records.record_burned_in(conn, {ds.SOPInstanceUID: False})
+        assert records.unrecorded_burned_in(conn, [ds.StudyInstanceUID]) == []
+        assert records.list_images(conn, [ds.StudyInstanceUID], declared_clean=True) == [row]
+    engine.dispose()

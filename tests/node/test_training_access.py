@@ -23,10 +23,13 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import generate_uid
+from sqlalchemy import select, update
 
 from ledger.audit_events import uid_hash
 from ledger.consent import Purpose
+from node.services import query as query_service
 from node.services.deid_table import annex_e_table
+from node.storage import records
 from tests.conftest import SHARED_DATA
 from tests.node.audit_helpers import audit_search, leaf_event
 from tests.node.consent_helpers import serve_consent_node
@@ -372,6 +375,70 @@ def test_revoking_the_grant_removes_the_study_from_the_next_answer(
     s.grant(mrn, study_uid=study.StudyInstanceUID, revoke=True)
     assert seen not in _uids(s.search("studies"), "0020000D")
     assert s.get(f"studies/{seen}").status_code == 404
+
+
+def _consented_series(s: TrainingSite, mrn: str) -> list[Dataset]:
+    """A consented CT series of four images, stored; the second declares burned-in text."""
+    study_uid, series_uid = generate_uid(), generate_uid()
+    images = [make_ct(study_uid, series_uid, patient_id=mrn, seed=20 + i) for i in range(4)]
+    for number, ds in enumerate(images, start=1):
+        ds.InstanceNumber = number
+        ds.BurnedInAnnotation = "YES" if number == 2 else "NO"
+    s.store(images)
+    s.link(mrn)
+    s.grant(mrn, study_uid=study_uid)
+    return images
+
+
+def _sops(results: list[dict[str, Any]]) -> list[str]:
+    return [r["00080018"]["Value"][0] for r in results]
+
+
+def test_a_page_around_a_burned_in_instance_is_full_and_truncation_is_told(
+    site: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s: TrainingSite = site["site"]
+    images = _consented_series(s, "MRN-AI-6")
+    servable = [s.mapper(ds.SOPInstanceUID) for ds in images if ds.BurnedInAnnotation == "NO"]
+    path = f"studies/{s.mapper(images[0].StudyInstanceUID)}/instances"
+    # limit and offset count servable instances only: no short page, no instance skipped.
+    pages = [_sops(s.search(path, limit="2", offset=offset)) for offset in ("0", "2")]
+    assert pages == [servable[:2], servable[2:]]
+    # Three servable instances past a maximum of two: cut, and the client is told.
+    monkeypatch.setattr(query_service, "MAX_RESULTS", 2)
+    cut = s.get(path)
+    assert _sops(cut.json()) == servable[:2]
+    assert cut.headers["Warning"].startswith("299 ")
+    monkeypatch.setattr(query_service, "MAX_RESULTS", 3)
+    whole = s.get(path)
+    assert _sops(whole.json()) == servable and "Warning" not in whole.headers
+
+
+def test_an_older_instance_is_judged_by_its_header_and_then_by_the_index(
+    site: dict[str, Any],
+) -> None:
+    """Instances stored before the index recorded burned-in annotation (migration 0007 leaves
+    them NULL) are read once, when the credential first reaches their study."""
+    s: TrainingSite = site["site"]
+    images = _consented_series(s, "MRN-AI-7")
+    sop_uids = [ds.SOPInstanceUID for ds in images]
+    column = records.INSTANCE.c.burned_in_annotation
+    which = records.INSTANCE.c.sop_instance_uid.in_(sop_uids)
+    with s.node.archive.engine.begin() as conn:
+        conn.execute(update(records.INSTANCE).where(which).values(burned_in_annotation=None))
+    clean, burned = images[0], images[1]
+    # The first request is a WADO of one instance: its study is settled alone.
+    assert s.get(_wado_path(s, burned)).status_code == 404
+    (data,) = s.retrieve(_wado_path(s, clean))
+    assert parse(data).SOPInstanceUID == s.mapper(clean.SOPInstanceUID)
+    with s.node.archive.engine.connect() as conn:
+        recorded = dict(
+            conn.execute(select(records.INSTANCE.c.sop_instance_uid, column).where(which)).all()
+        )
+    assert recorded == {ds.SOPInstanceUID: ds is burned for ds in images}
+    study = s.mapper(clean.StudyInstanceUID)
+    expected = [s.mapper(ds.SOPInstanceUID) for ds in images if ds is not burned]
+    assert _sops(s.search(f"studies/{study}/instances")) == expected
 
 
 def test_without_a_ledger_the_credential_gets_503_saying_why(tmp_path: Path) -> None:

@@ -112,11 +112,6 @@ async def search_response(
                 load_metadata=raw_metadata_loader(view),
                 scope=view.scope,
             )
-        if level is QueryLevel.INSTANCE and results:
-            # An instance that declares burned-in annotation is never served: not listed.
-            uids = [r["00080018"]["Value"][0] for r in results]
-            servable = view.servable(uids)
-            results = [r for r, uid in zip(results, uids, strict=True) if uid in servable]
         return export_results(view, results, level, _root(view))
 
     results, studies = await to_thread.run_sync(run)
@@ -174,10 +169,7 @@ async def metadata_response(
 
     def load() -> tuple[Resolved, list[dict[str, Any]]]:
         resolved = view.resolve(study_uid, series_uid, sop_uid)
-        docs = [
-            export_metadata(view, resolved.headers[row.sop_instance_uid]) for row in resolved.rows
-        ]
-        return resolved, docs
+        return resolved, export_metadata(view, resolved.rows)
 
     resolved, body = await to_thread.run_sync(load)
     _note(request, view, [resolved.study.study_uid])
