@@ -17,11 +17,11 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from node.app import create_app
 from node.auth.tokens import NodeTokens
 from node.auth.users import add_user, get_user
+from node.dicom.multipart import Framing
 from node.errors import NotFoundError
 from node.services.archive import Archive
 from node.settings import NodeSettings
 
-BOUNDARY = "pacsmesh-demo-boundary"
 DEMO_USER = "demo-clinician"
 DEMO_TOKEN_TTL = 8 * 3600
 
@@ -69,15 +69,10 @@ def generated_studies(count: int = 3, per_series: int = 4) -> list[bytes]:
 
 
 def _stow(root: str, files: list[bytes], token: str) -> httpx.Response:
-    body = (
-        b"".join(
-            f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + f + b"\r\n"
-            for f in files
-        )
-        + f"--{BOUNDARY}--\r\n".encode()
-    )
+    framing = Framing()
+    body = framing.body((framing.part_type, f) for f in files)
     headers = {
-        "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+        "Content-Type": framing.content_type,
         "Authorization": f"Bearer {token}",
     }
     return httpx.post(f"{root}/studies", content=body, headers=headers, timeout=300)

@@ -20,7 +20,7 @@ from node.api.audit_http import note_purpose, note_studies
 from node.api.deps import ArchiveDep
 from node.api.peer_auth import PeerDep, get_peer
 from node.auth.policy import Principal
-from node.dicom.multipart import new_boundary
+from node.dicom.multipart import Framing, stream_parts
 from node.errors import ForbiddenError, InvalidRequestError
 from node.ledger_link import ledger_of
 from node.services.audit import NodeAudit
@@ -39,7 +39,7 @@ from node.services.exchange import (
     parse_transfer_id,
     parse_tx_hash,
 )
-from node.services.exchange_owner import ExchangeOwner, PeerCaller, body_length
+from node.services.exchange_owner import ExchangeOwner, PeerCaller
 from node.services.exchange_requester import (
     ExchangeRequester,
     PeerClient,
@@ -135,12 +135,12 @@ async def peer_transfer(
     plan = await to_thread.run_sync(
         owner.authorize, caller, transfer_id, study_uid, patient, purpose, break_glass_tx
     )
-    boundary = new_boundary()
+    framing = Framing()
     return StreamingResponse(
-        owner.stream(plan, boundary),
-        media_type=f'multipart/related; type="application/dicom"; boundary={boundary}',
+        stream_parts(framing, owner.instances(plan)),
+        media_type=framing.content_type,
         headers={
-            "Content-Length": str(body_length(plan.rows, boundary)),
+            "Content-Length": str(framing.length(plan.part_sizes())),
             INSTANCES_HEADER: str(len(plan.rows)),
             TRANSFER_ID_HEADER: transfer_id,
         },

@@ -2,13 +2,16 @@
 
 The parser is push-based and incremental: feed it chunks as they arrive from the socket and it
 returns events; it never holds more than one chunk plus a delimiter's length of body bytes.
+The writer (`Framing`, `stream_parts`) is the one place replies are framed and their exact
+length is computed: WADO-RS, the training view and the exchange owner all send through it.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from contextlib import aclosing
+from dataclasses import dataclass, field
 
 from node.errors import InvalidRequestError, UnsupportedMediaTypeError
 
@@ -62,6 +65,15 @@ def stow_boundary(content_type: str | None) -> bytes:
     boundary = params.get("boundary")
     if not boundary or len(boundary) > 200:
         raise InvalidRequestError("multipart/related Content-Type has no usable boundary")
+    return boundary.encode("latin-1")
+
+
+def related_boundary(content_type: str | None) -> bytes | None:
+    """The boundary of a multipart/related reply's Content-Type; None when it is no such reply."""
+    media, params = parse_media_type(content_type or "")
+    boundary = params.get("boundary")
+    if media != "multipart/related" or not boundary or len(boundary) > 200:
+        return None
     return boundary.encode("latin-1")
 
 
@@ -206,6 +218,60 @@ def _parse_headers(raw: bytes) -> dict[str, str]:
 def new_boundary() -> str:
     """A boundary that cannot occur in the parts (random, 32 hex digits)."""
     return secrets.token_hex(16)
+
+
+# RFC 2046 §5.1.1: the CRLF before a delimiter belongs to the delimiter, not to the part.
+PART_END = b"\r\n"
+
+# One outgoing part: its Content-Type and its content, in pieces.
+Part = tuple[str, Iterable[bytes]]
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How one multipart/related body is framed: its boundary and the type of its parts."""
+
+    part_type: str = "application/dicom"
+    boundary: str = field(default_factory=new_boundary)
+
+    @property
+    def content_type(self) -> str:
+        """The body's Content-Type (RFC 2387 §3.1: `type` names the parts' type)."""
+        return f'multipart/related; type="{self.part_type}"; boundary={self.boundary}'
+
+    def head(self, content_type: str) -> bytes:
+        """A part's delimiter line and headers: its content follows, then PART_END."""
+        return f"--{self.boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+
+    def close(self) -> bytes:
+        """The close delimiter that ends the body."""
+        return f"--{self.boundary}--\r\n".encode()
+
+    def length(self, parts: Iterable[tuple[str, int]]) -> int:
+        """The exact length of a body of parts of these Content-Types and sizes."""
+        framed = sum(len(self.head(ct)) + size + len(PART_END) for ct, size in parts)
+        return framed + len(self.close())
+
+    def body(self, parts: Iterable[tuple[str, bytes]]) -> bytes:
+        """A whole body held in memory (small payloads: frames, bulk data, a demo load)."""
+        framed = b"".join(self.head(ct) + data + PART_END for ct, data in parts)
+        return framed + self.close()
+
+
+async def stream_parts(framing: Framing, parts: AsyncGenerator[Part, None]) -> AsyncIterator[bytes]:
+    """A body sent part by part as `parts` yields them, a piece at a time.
+
+    `parts` is asked for the next part only once everything before has been handed on, so
+    work it does after its last part happens before the close delimiter leaves; closing this
+    stream (the client went away) closes `parts` too.
+    """
+    async with aclosing(parts):
+        async for content_type, content in parts:
+            yield framing.head(content_type)
+            for piece in content:
+                yield piece
+            yield PART_END
+    yield framing.close()
 
 
 async def iter_events(

@@ -6,16 +6,17 @@ it received from others) of the local patient linked to that address, and only t
 patient's consent covers for that member, purpose and study at the chain's head.
 Nothing is said of other studies, not even how many there are.
 
-A transfer streams one study as multipart/related (as WADO-RS does), straight from the sealed
-blobs, after the same check per study or a verified break-glass record on chain. Its one audit
-event is durable before the closing boundary leaves: a requester never holds a complete
-transfer the owner's log lacks.
+A transfer streams one study's instances, straight from the sealed blobs, after the same check
+per study or a verified break-glass record on chain; the network API frames them as
+multipart/related (as WADO-RS does, `node.dicom.multipart.stream_parts`). Its one audit event
+is durable before the close delimiter leaves: a requester never holds a complete transfer the
+owner's log lacks.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
@@ -26,6 +27,7 @@ from ledger.audit_transfers import owner_event
 from ledger.break_glass import break_glass_record
 from ledger.consent import ALL_STUDIES, Purpose, study_hash
 from ledger.consortium import Member
+from node.dicom.multipart import Part
 from node.ledger_link import LedgerLink
 from node.services import retrieve
 from node.services.archive import Archive
@@ -42,6 +44,7 @@ from node.services.metadata import metadata_loader
 from node.services.patient_links import linked_record
 from node.services.provenance import copies_filter
 from node.services.query import QueryLevel, parse_query, search
+from node.services.syntaxes import APPLICATION_DICOM
 from node.storage import records
 from node.storage.index import Study
 from node.storage.records import InstanceRow
@@ -94,16 +97,9 @@ class TransferPlan:
     consent: str | None  # consentRef or break-glass:<tx>; None for own-hospital care
     rows: list[InstanceRow]
 
-
-def part_head(boundary: str) -> bytes:
-    """One part's delimiter and headers."""
-    return f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-
-
-def body_length(rows: list[InstanceRow], boundary: str) -> int:
-    """The exact length of the multipart body `stream` sends for these instances."""
-    parts = sum(len(part_head(boundary)) + row.size_bytes + 2 for row in rows)
-    return parts + len(f"--{boundary}--\r\n")
+    def part_sizes(self) -> list[tuple[str, int]]:
+        """Each part's Content-Type and size, as `instances` yields them (for Content-Length)."""
+        return [(APPLICATION_DICOM, row.size_bytes) for row in self.rows]
 
 
 class ExchangeOwner:
@@ -240,19 +236,15 @@ class ExchangeOwner:
                 "break the glass again"
             )
 
-    async def stream(self, plan: TransferPlan, boundary: str) -> AsyncIterator[bytes]:
-        """The study as multipart/related; the audit event is durable before the last line."""
+    async def instances(self, plan: TransferPlan) -> AsyncGenerator[Part, None]:
+        """The study's instances as stored, one part each; once the last has been sent (the
+        caller asks for the next part), the audit event is made durable before this ends."""
         finished = False
         try:
             for row in plan.rows:
-                yield part_head(boundary)
-                for chunk in retrieve.iter_instance(self.archive, row):
-                    yield chunk
-                yield b"\r\n"
-            event = self._event(plan, Outcome.SUCCESS)
-            await self.audit.record_async(event)
+                yield APPLICATION_DICOM, retrieve.iter_instance(self.archive, row)
+            await self.audit.record_async(self._event(plan, Outcome.SUCCESS))
             finished = True
-            yield f"--{boundary}--\r\n".encode()
         finally:
             if not finished:
                 # The requester went away or a blob failed: the transfer did not happen in

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from anyio import to_thread
@@ -22,7 +22,7 @@ from node.api.audit_http import note_entities
 from node.api.deps import get_archive
 from node.api.dicomweb import media
 from node.auth.deps import request_principal
-from node.dicom.multipart import new_boundary
+from node.dicom.multipart import Framing, Part, stream_parts
 from node.errors import NotFoundError
 from node.ledger_link import ledger_of
 from node.services import query as query_service
@@ -122,10 +122,6 @@ async def search_response(
 # -- WADO-RS -------------------------------------------------------------------------------------
 
 
-def _part_head(boundary: str, content_type: str) -> bytes:
-    return f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
-
-
 async def retrieve_response(
     request: Request,
     view: TrainingView,
@@ -138,14 +134,15 @@ async def retrieve_response(
     resolved = await to_thread.run_sync(view.resolve, study_uid, series_uid, sop_uid)
     plans = [media.negotiate_instance(accept, row.transfer_syntax_uid) for row in resolved.rows]
     _note(request, view, [resolved.study.study_uid])
-    boundary = new_boundary()
-    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    return StreamingResponse(_stream(view, resolved, plans, boundary), media_type=content_type)
+    framing = Framing()
+    return StreamingResponse(
+        stream_parts(framing, _parts(view, resolved, plans)), media_type=framing.content_type
+    )
 
 
-async def _stream(
-    view: TrainingView, resolved: Resolved, plans: list[Representation], boundary: str
-) -> AsyncIterator[bytes]:
+async def _parts(
+    view: TrainingView, resolved: Resolved, plans: list[Representation]
+) -> AsyncGenerator[Part, None]:
     for row, plan in zip(resolved.rows, plans, strict=True):
         ts = plan.transfer_syntax or row.transfer_syntax_uid
         # One instance in memory at a time: read, de-identify, encode, send.
@@ -153,8 +150,7 @@ async def _stream(
             data = await to_thread.run_sync(export_instance, view, row, ts)
         except NotFoundError:
             continue  # deleted, or changed to refuse training, since the request resolved
-        yield _part_head(boundary, plan.content_type) + data + b"\r\n"
-    yield f"--{boundary}--\r\n".encode()
+        yield plan.content_type, (data,)
 
 
 async def metadata_response(

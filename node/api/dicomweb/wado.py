@@ -9,7 +9,7 @@ needs pixels decodes one instance at a time in a worker thread.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from anyio import to_thread
@@ -21,7 +21,7 @@ from node.api.deps import ArchiveDep
 from node.api.dicomweb import media
 from node.api.dicomweb import training as training_api
 from node.api.dicomweb.training import TrainingDep
-from node.dicom.multipart import new_boundary
+from node.dicom.multipart import Framing, Part, stream_parts
 from node.errors import NotFoundError
 from node.services import imaging, retrieve
 from node.services.archive import Archive
@@ -41,10 +41,6 @@ def _root(archive: Archive) -> str:
 # -- instances -----------------------------------------------------------------------------------
 
 
-def _part_head(boundary: str, content_type: str) -> bytes:
-    return f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode()
-
-
 async def _retrieve(
     request: Request,
     archive: Archive,
@@ -55,37 +51,34 @@ async def _retrieve(
     accept = request.headers.get("accept")
     rows = await to_thread.run_sync(retrieve.resolve, archive, study_uid, series_uid, sop_uid)
     plans = [media.negotiate_instance(accept, row.transfer_syntax_uid) for row in rows]
-    boundary = new_boundary()
+    framing = Framing()
     headers = {}
-    if all(
-        p.transfer_syntax == row.transfer_syntax_uid for p, row in zip(plans, rows, strict=True)
-    ):
+    if all(_as_stored(row, plan) for row, plan in zip(rows, plans, strict=True)):
         # Every part is sent exactly as stored: the length is known before the first byte.
-        total = sum(
-            len(_part_head(boundary, p.content_type)) + row.size_bytes + 2
-            for p, row in zip(plans, rows, strict=True)
+        length = framing.length(
+            (plan.content_type, row.size_bytes) for row, plan in zip(rows, plans, strict=True)
         )
-        headers["Content-Length"] = str(total + len(boundary) + 6)
-    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+        headers["Content-Length"] = str(length)
     return StreamingResponse(
-        _stream_instances(archive, rows, plans, boundary),
-        media_type=content_type,
+        stream_parts(framing, _instance_parts(archive, rows, plans)),
+        media_type=framing.content_type,
         headers=headers,
     )
 
 
-async def _stream_instances(
-    archive: Archive, rows: list[InstanceRow], plans: list[Representation], boundary: str
-) -> AsyncIterator[bytes]:
+def _as_stored(row: InstanceRow, plan: Representation) -> bool:
+    return plan.transfer_syntax == row.transfer_syntax_uid
+
+
+async def _instance_parts(
+    archive: Archive, rows: list[InstanceRow], plans: list[Representation]
+) -> AsyncGenerator[Part, None]:
     for row, plan in zip(rows, plans, strict=True):
-        yield _part_head(boundary, plan.content_type)
-        if plan.transfer_syntax == row.transfer_syntax_uid:
-            for chunk in retrieve.iter_instance(archive, row):
-                yield chunk
+        if _as_stored(row, plan):
+            yield plan.content_type, retrieve.iter_instance(archive, row)
         else:
-            yield await to_thread.run_sync(_transcoded, archive, row, plan.transfer_syntax)
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode()
+            data = await to_thread.run_sync(_transcoded, archive, row, plan.transfer_syntax)
+            yield plan.content_type, (data,)
 
 
 def _transcoded(archive: Archive, row: InstanceRow, ts: str | None) -> bytes:
@@ -201,13 +194,9 @@ def _payload_response(payloads: list[tuple[bytes, str]], plan: Representation) -
     if not plan.multipart and len(payloads) == 1:
         data, content_type = payloads[0]
         return Response(data, media_type=content_type)
-    boundary = new_boundary()
-    body = b"".join(_part_head(boundary, ct) + data + b"\r\n" for data, ct in payloads)
-    body += f"--{boundary}--\r\n".encode()
-    return Response(
-        body,
-        media_type=f'multipart/related; type="{plan.media_type}"; boundary={boundary}',
-    )
+    framing = Framing(plan.media_type)
+    body = framing.body((content_type, data) for data, content_type in payloads)
+    return Response(body, media_type=framing.content_type)
 
 
 async def _with_dataset(archive: Archive, row: InstanceRow, work: Callable[[Dataset], Any]) -> Any:
