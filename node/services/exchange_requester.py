@@ -35,7 +35,7 @@ from ledger.audit_transfers import requester_event
 from ledger.consent import Purpose, study_hash
 from ledger.consortium import Member
 from node.auth.policy import Principal
-from node.dicom.multipart import MultipartParser, PartData, PartEnd, PartStart, parse_media_type
+from node.dicom.multipart import related_boundary
 from node.errors import InvalidRequestError, NodeError, NotFoundError
 from node.ledger_link import LedgerLink
 from node.services.archive import Archive
@@ -58,13 +58,13 @@ from node.services.exchange import (
     is_address,
     new_transfer_id,
 )
+from node.services.multipart_ingest import ingest_multipart
 from node.services.provenance import TransferStart, finish_transfer, start_transfer
 from node.services.store import InstanceIngest, StoreFailure
 from node.tls.contexts import client_context
 from node.tls.peers import PeerDirectory
 
 _ERROR_BODY_LIMIT: Final = 16 << 10
-_PIECE_BYTES: Final = 256 << 10
 _COMMITS_IN_FLIGHT: Final = 2
 _REASON_LIMIT: Final = 300
 
@@ -346,7 +346,7 @@ class ExchangeRequester:
                             f"{owner.hospital_id} answered HTTP {response.status_code}: {reason}"
                         )
                     unserved = Outcome.SERIOUS_FAILURE
-                    boundary = _boundary(response.headers.get("content-type"))
+                    boundary = related_boundary(response.headers.get("content-type"))
                     if boundary is None:
                         await self._audit(t, Outcome.SERIOUS_FAILURE)
                         raise PeerUnreachableError(
@@ -391,43 +391,17 @@ class ExchangeRequester:
         self, response: httpx.Response, boundary: bytes, study_uid: str, progress: _Progress
     ) -> None:
         """Read the study's body, parse it and store every instance (runs in a worker thread)."""
-        parser = MultipartParser(boundary)
-        ingest: InstanceIngest | None = None
-
-        def consume(piece: bytes | bytearray, commits: _Commits) -> None:
-            nonlocal ingest
-            for event in parser.feed(piece):
-                if isinstance(event, PartData):
-                    if ingest is not None:
-                        ingest.feed(event.data)
-                elif isinstance(event, PartStart):
-                    ingest = InstanceIngest(self.archive, study_uid, match_orders=False)
-                elif isinstance(event, PartEnd) and ingest is not None:
-                    current, ingest = ingest, None
-                    commits.submit(current)
-
-        buffer = bytearray()
         with _Commits(progress) as commits:
-            try:
-                try:
-                    for chunk in response.iter_raw():
-                        # TLS hands over one record (<= 16 KiB) per read: parsing and storing
-                        # in pieces of _PIECE_BYTES made a 100-instance study's 3,501 parser
-                        # and store calls about 200 (benchmarks/RESULTS.md, network retrieval).
-                        buffer += chunk
-                        if len(buffer) >= _PIECE_BYTES:
-                            piece, buffer = buffer, bytearray()
-                            consume(piece, commits)
-                except httpx.HTTPError:
-                    consume(buffer, commits)  # instances whole before the break are kept
-                    raise
-                consume(buffer, commits)
-                parser.close()
-                commits.drain()
-                progress.closed = True
-            finally:
-                if ingest is not None:
-                    ingest.abort()  # a part cut off midway: nothing of it is kept
+            ingest_multipart(
+                self.archive,
+                response.iter_raw(),
+                boundary,
+                study_uid,
+                commits.submit,
+                match_orders=False,
+            )
+            commits.drain()
+            progress.closed = True
 
     async def _finish(self, t: _Transfer, progress: _Progress) -> dict[str, Any]:
         complete = progress.complete
@@ -617,16 +591,6 @@ def _studies_of(body: bytes) -> list[dict[str, Any]] | None:
             return None
         out.append({"study": item["study"], "consentRef": ref})
     return out
-
-
-def _boundary(content_type: str | None) -> bytes | None:
-    if not content_type:
-        return None
-    media, params = parse_media_type(content_type)
-    boundary = params.get("boundary")
-    if media != "multipart/related" or not boundary or len(boundary) > 200:
-        return None
-    return boundary.encode("latin-1")
 
 
 def _count(value: str | None) -> int | None:

@@ -3,10 +3,11 @@
 Studies are found with QIDO-RS (PS3.18 §10.6, paged with `limit`/`offset`) through
 dicomweb-client; each study is then retrieved with WADO-RS (PS3.18 §10.4.1.1.1) asking for the
 stored transfer syntax (`transfer-syntax=*`, PS3.18 §8.7.3.5.2), and the multipart reply is
-parsed as it streams: every part's bytes flow straight into the one ingest path
-(`InstanceIngest`), so a study of any size is copied in bounded memory and every instance
-arrives byte-identical. Re-running an import is safe: the store's duplicate policy turns an
-identical instance into a no-op, counted as "already present".
+parsed as it streams (`ingest_multipart`): every part's bytes flow straight into the one ingest
+path (`InstanceIngest`), so a study of any size is copied in bounded memory and every instance
+arrives byte-identical. A reply that breaks off keeps (and counts) the instances that arrived
+whole and reports the study as failed. Re-running an import is safe: the store's duplicate
+policy turns an identical instance into a no-op, counted as "already present".
 """
 
 from __future__ import annotations
@@ -17,21 +18,13 @@ from typing import Any
 
 import httpx
 
-# The multipart reader is protocol framing with no HTTP-framework dependency; the importer is
-# a DICOMweb client and parses the same framing the STOW-RS endpoint does.
-from node.dicom.multipart import (
-    MultipartParser,
-    PartData,
-    PartEnd,
-    PartStart,
-    parse_media_type,
-)
+from node.dicom.multipart import parse_media_type, related_boundary
 from node.errors import NodeError
 from node.services.archive import Archive
+from node.services.multipart_ingest import ingest_multipart
 from node.services.store import InstanceIngest, StoreFailure
 
 PAGE = 100
-CHUNK = 1 << 20
 STUDY_UID_TAG = "0020000D"
 ORIGINAL_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 DEFAULT_SYNTAX = 'multipart/related; type="application/dicom"'
@@ -159,38 +152,21 @@ def _import_study(
                 continue  # the source cannot send "as stored"; take its default syntax
             if response.status_code != 200:
                 raise ImportSourceError(f"retrieving the study failed: HTTP {response.status_code}")
-            media, params = parse_media_type(response.headers.get("content-type", ""))
-            boundary = params.get("boundary")
-            if media != "multipart/related" or not boundary:
+            content_type = response.headers.get("content-type")
+            boundary = related_boundary(content_type)
+            if boundary is None:
+                media = parse_media_type(content_type or "")[0]
                 raise ImportSourceError(f"the source answered {media or 'nothing'}, not multipart")
-            _ingest_parts(archive, response.iter_bytes(CHUNK), boundary.encode(), study_uid, report)
+            # iter_bytes() without a chunk size buffers nothing of its own: every byte read
+            # before a break reaches the parser, and an instance whole by then is kept.
+            ingest_multipart(
+                archive,
+                response.iter_bytes(),
+                boundary,
+                study_uid,
+                lambda ingest: _finish(ingest, study_uid, report),
+            )
             return
-
-
-def _ingest_parts(
-    archive: Archive,
-    chunks: Iterator[bytes],
-    boundary: bytes,
-    study_uid: str,
-    report: ImportReport,
-) -> None:
-    parser = MultipartParser(boundary)
-    ingest: InstanceIngest | None = None
-    try:
-        for chunk in chunks:
-            for event in parser.feed(chunk):
-                if isinstance(event, PartData):
-                    if ingest is not None:
-                        ingest.feed(event.data)
-                elif isinstance(event, PartStart):
-                    ingest = InstanceIngest(archive, study_uid)
-                elif isinstance(event, PartEnd) and ingest is not None:
-                    current, ingest = ingest, None
-                    _finish(current, study_uid, report)
-        parser.close()
-    finally:
-        if ingest is not None:  # the reply broke off mid-part: nothing of that part is kept
-            ingest.abort()
 
 
 def _finish(ingest: InstanceIngest, study_uid: str, report: ImportReport) -> None:

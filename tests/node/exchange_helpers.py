@@ -10,13 +10,12 @@ is a TCP proxy in front of it, which the broken-transfer test tells to cut the c
 
 from __future__ import annotations
 
-import select as io_select
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,7 @@ from node.tls.uvicorn_mtls import MtlsH11Protocol
 from tests.ledger.conftest import Anvil, free_port
 from tests.node.consent_helpers import signed_grant
 from tests.node.factories import make_ct, to_bytes
+from tests.node.opshelpers import CuttingProxy
 
 keystore.DEFAULT_SCRYPT_N = 2**10
 PASSPHRASE = b"exchange test CA passphrase"
@@ -76,68 +76,6 @@ def issue(ca: CertificateAuthority, directory: Path, name: str) -> NodeCert:
     cert = sign_csr(ca, make_csr(key, name, [], ["127.0.0.1"]))
     (directory / f"{name}.crt").write_bytes(cert_pem(cert))
     return NodeCert(directory / f"{name}.crt", directory / f"{name}.key", fingerprint(cert))
-
-
-class CuttingProxy:
-    """A loopback TCP proxy; with `cut_after` set it closes a connection once it has forwarded
-    that many bytes from the server (TLS passes through untouched: the cut is a real network
-    failure in the middle of a response)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.cut_after: int | None = None
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        self._listener.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        limit = self.cut_after
-        try:
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-        except OSError:
-            client.close()
-            return
-        sent_down = 0
-        try:
-            while not self._stop.is_set():
-                ready, _, _ = io_select.select([client, upstream], [], [], 0.2)
-                for sock in ready:
-                    data = sock.recv(65536)
-                    if not data:
-                        return
-                    if sock is upstream:
-                        if limit is not None and sent_down + len(data) >= limit:
-                            client.sendall(data[: max(0, limit - sent_down)])
-                            return  # cut: both sides see the connection drop
-                        sent_down += len(data)
-                        client.sendall(data)
-                    else:
-                        upstream.sendall(data)
-        except OSError:
-            return
-        finally:
-            for s in (client, upstream):
-                with suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._listener.close()
-        self._thread.join(timeout=5)
 
 
 @dataclass

@@ -1,12 +1,17 @@
-"""Helpers shared by the operational tests (import, crash, fuzz, streaming): multipart bodies,
-reading WADO-RS replies, checking a data directory against its index."""
+"""Helpers shared by the operational tests (import, crash, fuzz, streaming, exchange): multipart
+bodies, reading WADO-RS replies, checking a data directory against its index, a connection that
+breaks midway."""
 
 from __future__ import annotations
 
 import secrets
+import select as io_select
+import socket
 import sqlite3
 import subprocess
+import threading
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,3 +123,65 @@ def orthanc_start(directory: Path, http_port: int, dicom_port: int) -> None:
 def orthanc_stop(directory: Path) -> None:
     """Stop the Orthanc started in `directory` (by its PID file)."""
     subprocess.run([str(ORTHANC), "stop", str(directory)], check=False, timeout=60)
+
+
+class CuttingProxy:
+    """A loopback TCP proxy; with `cut_after` set it closes a connection once it has forwarded
+    that many bytes from the server (TLS passes through untouched: the cut is a real network
+    failure in the middle of a response)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.cut_after: int | None = None
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        self._listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        limit = self.cut_after
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            client.close()
+            return
+        sent_down = 0
+        try:
+            while not self._stop.is_set():
+                ready, _, _ = io_select.select([client, upstream], [], [], 0.2)
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    if sock is upstream:
+                        if limit is not None and sent_down + len(data) >= limit:
+                            client.sendall(data[: max(0, limit - sent_down)])
+                            return  # cut: both sides see the connection drop
+                        sent_down += len(data)
+                        client.sendall(data)
+                    else:
+                        upstream.sendall(data)
+        except OSError:
+            return
+        finally:
+            for s in (client, upstream):
+                with suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        self._thread.join(timeout=5)

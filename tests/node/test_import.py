@@ -1,4 +1,5 @@
-"""`pacsmesh node import --from URL` against a real Orthanc (the hospital's existing PACS)."""
+"""`pacsmesh node import --from URL` against a real Orthanc (the hospital's existing PACS), and
+against a source whose connection breaks midway."""
 
 from __future__ import annotations
 
@@ -17,12 +18,21 @@ import pytest
 from dicomweb_client import DICOMwebClient
 from pydicom.data import get_testdata_files
 
+from node.services import retrieve
 from node.services.archive import Archive
 from node.services.store import store_bytes
 from node.settings import NodeSettings
 from tests.conftest import REPO_ROOT, SHARED_DATA
 from tests.node.conftest import free_port, start_node
-from tests.node.opshelpers import orthanc_start, orthanc_stop, split_multipart, wado_instance
+from tests.node.factories import make_ct, to_bytes
+from tests.node.opshelpers import (
+    CuttingProxy,
+    blob_files,
+    orthanc_start,
+    orthanc_stop,
+    split_multipart,
+    wado_instance,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -164,3 +174,58 @@ def test_import_from_an_unreachable_source_fails_with_a_reason(tmp_path: Path) -
     assert report["studies_found"] == 0
     assert report["failed"] == 1
     assert "searching the source failed" in report["failures"][0]["reason"]
+
+
+def _stored_study(data_dir: Path, study_uid: str) -> dict[str, bytes]:
+    """The instances of a study the node holds, by SOP Instance UID, as it would serve them."""
+    archive = Archive.open(NodeSettings(data_dir=data_dir))
+    try:
+        rows = retrieve.resolve(archive, study_uid)
+        return {r.sop_instance_uid: b"".join(retrieve.iter_instance(archive, r)) for r in rows}
+    finally:
+        archive.close()
+
+
+def test_import_cut_mid_study_keeps_the_instances_that_arrived_whole(tmp_path: Path) -> None:
+    # The source is a pacsmesh node behind a proxy that drops the connection partway through
+    # the study's WADO-RS reply, in its fourth instance of six (131 KB each).
+    source_dir = tmp_path / "source"
+    archive = Archive.open(NodeSettings(data_dir=source_dir))
+    first = make_ct(size=256)
+    originals: dict[str, bytes] = {}
+    try:
+        for i in range(6):
+            ds = make_ct(first.StudyInstanceUID, first.SeriesInstanceUID, size=256, seed=i)
+            ds.InstanceNumber = i + 1
+            originals[ds.SOPInstanceUID] = to_bytes(ds)
+            store_bytes(archive, originals[ds.SOPInstanceUID])
+    finally:
+        archive.close()
+    source = start_node(source_dir)
+    proxy = CuttingProxy(source.port)
+    url = f"http://127.0.0.1:{proxy.port}/dicom-web"
+    data_dir = tmp_path / "node"
+    try:
+        proxy.cut_after = int(sum(len(x) for x in originals.values()) * 0.6)
+        broken = run_import(url, data_dir)
+        assert broken.returncode == 1, broken.stderr
+        report = json.loads(broken.stdout)
+        assert report["studies_found"] == 1 and report["studies_complete"] == 0
+        assert report["instances_stored"] == 3
+        assert [f["study_uid"] for f in report["failures"]] == [first.StudyInstanceUID]
+        assert "retrieving the study failed" in report["failures"][0]["reason"]
+        kept = _stored_study(data_dir, first.StudyInstanceUID)
+        assert len(kept) == 3 and all(originals[sop] == raw for sop, raw in kept.items())
+        # Nothing of the fourth instance was kept: one blob per stored instance, no partial one.
+        assert len(blob_files(data_dir)) == 3
+
+        proxy.cut_after = None
+        again = run_import(url, data_dir)
+        assert again.returncode == 0, again.stdout
+        report = json.loads(again.stdout)
+        assert report["studies_complete"] == 1 and report["failed"] == 0
+        assert report["instances_already_present"] == 3 and report["instances_stored"] == 3
+        assert _stored_study(data_dir, first.StudyInstanceUID) == originals
+    finally:
+        proxy.close()
+        source.stop()
