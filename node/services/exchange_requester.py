@@ -36,7 +36,7 @@ from ledger.consent import Purpose, study_hash
 from ledger.consortium import Member
 from node.auth.policy import Principal
 from node.dicom.multipart import related_boundary
-from node.errors import InvalidRequestError, NodeError, NotFoundError
+from node.errors import InvalidRequestError, NotFoundError
 from node.ledger_link import LedgerLink
 from node.services.archive import Archive
 from node.services.audit import Actor, NodeAudit, token_or_hash
@@ -376,7 +376,7 @@ class ExchangeRequester:
                     f"{owner.hospital_id}: the exchange failed ({type(exc).__name__})"
                 ) from exc
             progress.broken = f"the stream from {owner.hospital_id} broke off"
-        except NodeError:
+        except Exception:
             if progress.started:
                 # This node failed to store (disk, keys): the transfer ends here, recorded as
                 # incomplete with what arrived, and the node's own error is the answer.
@@ -384,6 +384,10 @@ class ExchangeRequester:
                     finish_transfer, self.archive.engine, t.transfer_id, progress.received, False
                 )
                 await self._audit(t, Outcome.SERIOUS_FAILURE)
+            elif not t.audited:
+                # This node failed before the transfer began (recording it): still one event,
+                # saying how far the owner got.
+                await self._audit(t, unserved)
             raise
         return await self._finish(t, progress)
 
@@ -438,6 +442,7 @@ class ExchangeRequester:
             outcome=outcome,
         )
         await self.audit.record_async(event)
+        t.audited = True
 
 
 class _Commits:
@@ -508,7 +513,7 @@ class _Progress:
         )
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Transfer:
     request: RetrieveRequest
     owner: Source
@@ -517,6 +522,7 @@ class _Transfer:
     break_glass_tx: str | None
     access_tx: str
     user: Actor
+    audited: bool = False  # this side's event is recorded (exactly one per transfer)
 
     def start(self, progress: _Progress) -> TransferStart:
         return TransferStart(

@@ -490,6 +490,33 @@ def test_an_owner_never_reached_is_logged_as_a_transfer_that_never_began(
     assert b_transfers(net, study) == []
 
 
+def test_a_transfer_this_node_fails_to_record_still_leaves_its_audit_event(net: Network) -> None:
+    # A answers with the study, then B's own database refuses to record the transfer: the
+    # owner began, so B's one event says 8 (an auditor then looks for A's), and nothing is kept.
+    patient = make_patient(net, "b-cannot-record", instances=(1,))
+    (study,) = list(patient.studies)
+    net.grant(patient.account, study)
+    with net.b.archive.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse_transfers BEFORE INSERT ON study_transfer "
+            "BEGIN SELECT RAISE(ABORT, 'database full'); END"
+        )
+    try:
+        r = retrieve(net, study, patient.address)
+    finally:
+        with net.b.archive.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER refuse_transfers")
+
+    assert r.status_code >= 500, r.text
+    (event,) = [
+        e
+        for e in net.b.audit_events()
+        if e.event_type is EventType.IMPORT and entity(e, EntityKind.STUDY) == uid_hash(study)
+    ]
+    assert event.outcome is Outcome.SERIOUS_FAILURE
+    assert b_transfers(net, study) == [] and b_instance_count(net, study) == 0
+
+
 # -- who may ask ---------------------------------------------------------------------------------
 
 
