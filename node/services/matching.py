@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from node.errors import ConflictError, NotFoundError
 from node.services import outbox
 from node.services.orders import OPEN_STATUSES, ORDER, get_order
-from node.services.patients import PatientData, get_patient, surviving_mrn
+from node.services.patients import PatientData, filed_under, get_patient, surviving_mrn
 from node.storage.index import Study
 from node.storage.workflow_index import ReconciliationItem
 
@@ -103,15 +103,18 @@ def _complete(conn: Connection, order: dict[str, Any], study_uid: str) -> bool:
 
 def order_payload(conn: Connection, order: dict[str, Any], study_uid: str) -> dict[str, Any]:
     """The outbox payload fields common to every message about an order (WORKFLOW.md)."""
-    patient = get_patient(conn, order["patient_mrn"], order["patient_issuer"]) or PatientData(
-        order["patient_mrn"], order["patient_issuer"]
-    )
     return {
         "accession_number": order["accession_number"],
         "study_uid": study_uid,
-        "patient": patient.as_payload(),
+        "patient": _order_patient(conn, order).as_payload(),
         "order": outbox.order_facts(order),
     }
+
+
+def _order_patient(conn: Connection, order: dict[str, Any]) -> PatientData:
+    """The order's patient as registered, or just its identifiers when ADT never named them."""
+    mrn, issuer = order["patient_mrn"], order["patient_issuer"]
+    return get_patient(conn, mrn, issuer) or PatientData(mrn, issuer)
 
 
 def _queue(conn: Connection, study_uid: str, accession: str, reason: str) -> MatchOutcome:
@@ -158,13 +161,8 @@ def resolve(
             raise ConflictError(f"the order is {order['status']}: only open orders can be attached")
         if not _complete(conn, order, study_uid):
             raise ConflictError("the order was completed meanwhile")
-        patient = get_patient(conn, order["patient_mrn"], order["patient_issuer"])
-        study_values: dict[str, Any] = {
-            "accession_number": accession_number,
-            "patient_id": order["patient_mrn"],
-        }
-        if patient is not None and patient.name:
-            study_values.update(patient_name=patient.name, patient_name_search=patient.name.upper())
+        study_values = filed_under(_order_patient(conn, order))
+        study_values["accession_number"] = accession_number
         conn.execute(update(STUDY).where(STUDY.c.study_uid == study_uid).values(**study_values))
         resolved_at = _now()
         conn.execute(

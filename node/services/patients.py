@@ -88,6 +88,17 @@ def upsert_patient(conn: Connection, patient: PatientData) -> bool:
     return True
 
 
+def filed_under(patient: PatientData) -> dict[str, Any]:
+    """The study index values that file a study under this patient (a name it lacks is kept).
+
+    For ADT^A40 and reconciliation: later instances must then carry this patient (or an MRN
+    merged into it) to join the study."""
+    values: dict[str, Any] = {"patient_id": patient.mrn, "patient_issuer": patient.issuer or None}
+    if patient.name:
+        values.update(patient_name=patient.name, patient_name_search=patient.name.upper())
+    return values
+
+
 def merge_patients(
     conn: Connection, surviving: PatientData, prior_mrn: str, prior_issuer: str = ""
 ) -> MergeResult:
@@ -102,12 +113,9 @@ def merge_patients(
         .where(and_(ORDER.c.patient_mrn == prior_mrn, ORDER.c.patient_issuer == prior_issuer))
         .values(patient_mrn=surviving.mrn, patient_issuer=surviving.issuer, updated_at=_now())
     ).rowcount
-    # The study index has no issuer column: within one node an MRN is the patient's key.
-    study_values: dict[str, Any] = {"patient_id": surviving.mrn}
-    if surviving.name:
-        study_values.update(patient_name=surviving.name, patient_name_search=surviving.name.upper())
+    # Studies are found by MRN alone: within one node an MRN is the patient's key.
     studies = conn.execute(
-        update(STUDY).where(STUDY.c.patient_id == prior_mrn).values(**study_values)
+        update(STUDY).where(STUDY.c.patient_id == prior_mrn).values(**filed_under(surviving))
     ).rowcount
     if prior is None and not orders and not studies:
         raise NotFoundError("MRG-1 names a patient this node does not know")
@@ -133,3 +141,25 @@ def surviving_mrn(conn: Connection, mrn: str) -> str:
         seen.add(nxt)
         current = nxt
     return current
+
+
+def same_patient(
+    conn: Connection, filed: tuple[str | None, str | None], arriving: tuple[str | None, str | None]
+) -> bool:
+    """Whether two (Patient ID, Issuer of Patient ID) pairs name one patient of this node.
+
+    The IDs must be equal, or be MRNs that ADT^A40 merged into one record. An issuer missing
+    on either side is unknown, not different: modalities often omit it, and studies indexed
+    before the issuer was kept have none."""
+    filed_id, filed_issuer = (_stripped(v) for v in filed)
+    arriving_id, arriving_issuer = (_stripped(v) for v in arriving)
+    if filed_id == arriving_id:
+        return not (filed_issuer and arriving_issuer and filed_issuer != arriving_issuer)
+    if filed_id is None or arriving_id is None:
+        return False
+    return surviving_mrn(conn, filed_id) == surviving_mrn(conn, arriving_id)
+
+
+def _stripped(value: str | None) -> str | None:
+    # PS3.5 6.2: leading and trailing spaces of LO values are not significant.
+    return (value or "").strip() or None

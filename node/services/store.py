@@ -9,6 +9,10 @@ Duplicate policy (documented in docs/dicom-conformance.md): a SOP Instance UID a
 with byte-identical content is accepted again without storing a second copy (idempotent
 retries); the same UID with different content is refused (0x0111), and the stored instance is
 left untouched.
+
+One patient per study: an instance whose Patient ID (and issuer) differs from the patient its
+study is filed under is refused (0xA902), as dcm4chee-arc refuses a conflicting Patient ID,
+instead of being indexed under the other patient.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from node.dicom.part10 import Part10Error, Part10Scanner
 from node.services.archive import Archive
 from node.services.matching import match_new_study
+from node.services.patients import same_patient
 from node.storage import records
 from node.storage.blobs import PendingBlob
 from node.storage.crypto import blob_aad, seal
@@ -40,6 +46,10 @@ REASON_NOT_AUTHORIZED = 0x0124
 REASON_OUT_OF_RESOURCES = 0xA700
 REASON_STUDY_MISMATCH = 0xA900  # "Data Set does not match SOP Class" family: wrong study
 REASON_MISSING_ATTRIBUTE = 0xA901
+# Same family: the object conflicts with what the archive holds, and resending it cannot help
+# (an A7xx "out of resources" code would invite the sender to retry).
+REASON_PATIENT_MISMATCH = 0xA902
+PATIENT_MISMATCH = "the study is already filed under a different patient"
 REASON_NOT_DICOM = 0xC000  # "Cannot understand"
 REASON_TRUNCATED = 0xC001
 REASON_MALFORMED = 0xC002
@@ -121,6 +131,7 @@ def index_attributes(
     study = {
         "study_uid": ds.StudyInstanceUID,
         "patient_id": _text(ds, "PatientID"),
+        "patient_issuer": _text(ds, "IssuerOfPatientID"),
         "patient_name": name,
         "patient_name_search": name.upper() if name else None,
         "patient_birth_date": _text(ds, "PatientBirthDate"),
@@ -350,7 +361,10 @@ class InstanceIngest:
         )
         try:
             with archive.engine.begin() as conn:
-                if records.insert_instance(conn, study, series, instance) and self._match_orders:
+                filed = records.insert_instance(conn, study, series, instance)
+                if not filed.created:
+                    _check_patient(conn, filed, study)  # a refusal rolls the insert back
+                elif self._match_orders:
                     match_new_study(
                         conn, study["study_uid"], study["accession_number"], study["patient_id"]
                     )
@@ -384,6 +398,16 @@ class InstanceIngest:
             REASON_DUPLICATE,
             "SOP Instance UID already stored with different content",
         )
+
+
+def _check_patient(conn: Connection, filed: records.FiledStudy, study: dict[str, Any]) -> None:
+    """Refuse an instance of a patient other than the one its study is filed under.
+
+    Checked in the transaction that indexes the instance, after the study row exists, so two
+    patients' first instances of one study arriving at once cannot both be filed."""
+    arriving = (study["patient_id"], study["patient_issuer"])
+    if not same_patient(conn, (filed.patient_id, filed.patient_issuer), arriving):
+        raise StoreFailure(REASON_PATIENT_MISMATCH, PATIENT_MISMATCH)
 
 
 def _with_preamble(head: bytes) -> bytes:

@@ -46,6 +46,15 @@ _ROW_COLS = (
 )
 
 
+@dataclass(frozen=True)
+class FiledStudy:
+    """The study an instance was indexed under, as the index holds it after the insert."""
+
+    created: bool  # this instance created the study (its first instance)
+    patient_id: str | None
+    patient_issuer: str | None
+
+
 def _row(r: Row[Any]) -> InstanceRow:
     return InstanceRow(*tuple(r))
 
@@ -181,6 +190,11 @@ def metadata_of(conn: Connection, sop_uids: list[str]) -> dict[str, tuple[str, b
     return out
 
 
+# Returned by the study's counter update: the patient the study is filed under comes back
+# without a query of its own.
+_STUDY_PATIENT = (STUDY.c.patient_id, STUDY.c.patient_issuer)
+
+
 @functools.cache
 def _insert_statements(dialect: str) -> tuple[Any, Any, Any, Any, Any]:
     """The statements of `insert_instance`, built once per dialect.
@@ -199,38 +213,52 @@ def _insert_statements(dialect: str) -> tuple[Any, Any, Any, Any, Any]:
         .values(number_of_instances=SERIES.c.number_of_instances + 1),
         update(STUDY)
         .where(STUDY.c.study_uid == bindparam("b_study_uid"))
-        .values(number_of_instances=STUDY.c.number_of_instances + 1),
+        .values(number_of_instances=STUDY.c.number_of_instances + 1)
+        .returning(*_STUDY_PATIENT),
     )
 
 
 def insert_instance(
     conn: Connection, study: dict[str, Any], series: dict[str, Any], instance: dict[str, Any]
-) -> bool:
+) -> FiledStudy:
     """Index one new instance, creating its study and series rows and keeping counters.
 
-    Returns True when this instance created its study (the study's first instance)."""
+    An existing study keeps its attributes: the result says which patient it is filed under,
+    for the caller to refuse (by rolling back) an instance of another patient."""
     study_uid = study["study_uid"]
     add_study, add_series, add_instance, count_series, count_study = _insert_statements(
         conn.dialect.name
     )
-    created_study = conn.execute(add_study, study).first()
+    created_study = conn.execute(add_study, study).first() is not None
     created_series = conn.execute(add_series, series).first()
     conn.execute(add_instance, instance)
     conn.execute(count_series, {"b_series_uid": series["series_uid"]})
     if created_series is None:
-        conn.execute(count_study, {"b_study_uid": study_uid})
-        return created_study is not None
+        filed = conn.execute(count_study, {"b_study_uid": study_uid}).one()
+    else:
+        modality = series.get("modality")
+        filed = conn.execute(_count_new_series(conn, study_uid, modality, created_study)).one()
+    return FiledStudy(created_study, filed.patient_id, filed.patient_issuer)
+
+
+def _count_new_series(
+    conn: Connection, study_uid: str, modality: str | None, created_study: bool
+) -> Any:
+    """The study update for its new series: counters and ModalitiesInStudy."""
     changes: dict[str, Any] = {
         "number_of_instances": STUDY.c.number_of_instances + 1,
         "number_of_series": STUDY.c.number_of_series + 1,
     }
-    modality = series.get("modality")
     if modality:
         current = "" if created_study else _modalities(conn, study_uid)
         merged = sorted(set(filter(None, current.split("\\"))) | {modality})
         changes["modalities_in_study"] = "\\".join(merged)
-    conn.execute(update(STUDY).where(STUDY.c.study_uid == study_uid).values(**changes))
-    return created_study is not None
+    return (
+        update(STUDY)
+        .where(STUDY.c.study_uid == study_uid)
+        .values(**changes)
+        .returning(*_STUDY_PATIENT)
+    )
 
 
 def _modalities(conn: Connection, study_uid: str) -> str:

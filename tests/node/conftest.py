@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,9 @@ import httpx
 import psycopg
 import pytest
 
+from node.services.archive import Archive
+from node.services.store import store_bytes
+from node.settings import NodeSettings
 from tests.conftest import REPO_ROOT
 
 PG_ADMIN_URL = os.environ.get("PACSMESH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -161,6 +165,35 @@ def node(database_url: str, tmp_path: Path) -> Iterator[RunningNode]:
     # After every test: no plaintext DICOM anywhere in the data directory.
     hits = plaintext_findings(running.data_dir, [b"DICM"])
     assert not hits, "plaintext found on disk: " + "; ".join(hits)
+
+
+@pytest.fixture
+def archive(database_url: str, tmp_path: Path) -> Iterator[Archive]:
+    """An archive opened in-process over each backend, for tests of the store path itself."""
+    settings = NodeSettings(
+        data_dir=tmp_path / "node", database_url=database_url, fsync=False, dimse_port=0, hl7_port=0
+    )
+    opened = Archive.open(settings)
+    yield opened
+    opened.close()
+
+
+def store_concurrently(archive: Archive, parts: list[bytes]) -> list[BaseException]:
+    """Store every part at once, each on a thread of its own; what the failed stores raised."""
+    raised: list[BaseException] = []
+
+    def store(data: bytes) -> None:
+        try:
+            store_bytes(archive, data)
+        except BaseException as exc:
+            raised.append(exc)
+
+    threads = [threading.Thread(target=store, args=(p,)) for p in parts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return raised
 
 
 def plaintext_findings(data_dir: Path, needles: list[bytes]) -> list[str]:

@@ -37,6 +37,10 @@ def test_dimse_operations_are_audited(tmp_path: Path) -> None:
         refused_path = tmp_path / "refused.dcm"
         no_accession.save_as(refused_path, enforce_file_format=True)
         storescu(running, MODALITY_AE, [refused_path])  # a modality must send an accession
+        other_patient = make_ct(study_uid=ds.StudyInstanceUID, patient_id="DIMSE-PAT-3")
+        mismatch_path = tmp_path / "mismatch.dcm"
+        other_patient.save_as(mismatch_path, enforce_file_format=True)
+        storescu(running, ARCHIVE_AE, [mismatch_path])  # the study is another patient's
         found, _ = findscu(
             running, "-S", ["QueryRetrieveLevel=STUDY", "PatientID=DIMSE-PAT-1"], tmp_path / "f"
         )
@@ -59,7 +63,7 @@ def test_dimse_operations_are_audited(tmp_path: Path) -> None:
         by_kind = {
             (e["agents"][0]["who"], e["event_type"], e["action"], e["outcome"]): e for e in dimse
         }
-        assert len(dimse) == 4, dimse
+        assert len(dimse) == 5, dimse
         stored = by_kind[f"ae:{ARCHIVE_AE}", "110104", "C", 0]
         assert _refs(stored, "study") == {uid_hash(ds.StudyInstanceUID)}
         assert _refs(stored, "instance") == {uid_hash(ds.SOPInstanceUID)}
@@ -67,6 +71,8 @@ def test_dimse_operations_are_audited(tmp_path: Path) -> None:
         assert stored["agents"][0]["network_address"] == "127.0.0.1"
         refused = by_kind[f"ae:{MODALITY_AE}", "110104", "C", 8]
         assert _refs(refused, "instance") == {uid_hash(no_accession.SOPInstanceUID)}
+        mismatch = by_kind[f"ae:{ARCHIVE_AE}", "110104", "C", 8]
+        assert _refs(mismatch, "instance") == {uid_hash(other_patient.SOPInstanceUID)}
         query = by_kind[f"ae:{WORKSTATION_AE}", "110112", "E", 0]
         assert len(_refs(query, "patient")) == 1 and len(_refs(query, "query")) == 1
         sent = by_kind[f"ae:{WORKSTATION_AE}", "110104", "R", 0]

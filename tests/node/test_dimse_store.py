@@ -173,3 +173,25 @@ def test_store_failures_carry_the_store_service_status(
     assert "different content" in status.ErrorComment
     stored = wado_instance(dimse_node.dicomweb, first)
     assert dataset_bytes(stored) == dataset_bytes(path.read_bytes())
+
+
+def test_storescu_is_told_when_the_study_belongs_to_another_patient(
+    dimse_node: DimseNode, tmp_path: Path
+) -> None:
+    first = make_ct(seed=31, patient_id="MRN-A")
+    intruder = make_ct(seed=32, study_uid=first.StudyInstanceUID, patient_id="MRN-B")
+    same_patient = make_ct(seed=33, study_uid=first.StudyInstanceUID, patient_id="MRN-A")
+    files = []
+    for name, ds in (("first", first), ("intruder", intruder), ("same", same_patient)):
+        files.append(tmp_path / f"{name}.dcm")
+        files[-1].write_bytes(to_bytes(ds))
+
+    out = storescu(dimse_node, ARCHIVE_AE, files, "-nh", "-d")  # -d: shows the Error Comment
+
+    assert out.count("DIMSE Status                  : 0x0000: Success") == 2, out
+    assert "0xa902: Error: Data Set does not match SOP Class" in out, out
+    assert "[the study is already filed under a different patient]" in out
+    meta = httpx.get(f"{dimse_node.dicomweb}/studies/{first.StudyInstanceUID}/metadata", timeout=30)
+    assert sorted(m["00080018"]["Value"][0] for m in meta.json()) == sorted(
+        [first.SOPInstanceUID, same_patient.SOPInstanceUID]
+    )

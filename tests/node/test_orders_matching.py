@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,24 +13,14 @@ from node.errors import ConflictError, NotFoundError
 from node.services import orders, patients
 from node.services.archive import Archive
 from node.services.matching import list_reconciliation, resolve
-from node.services.store import store_bytes
-from node.settings import NodeSettings
+from node.services.store import REASON_PATIENT_MISMATCH, StoreFailure, store_bytes
 from node.storage.index import Study
 from node.storage.workflow_index import OutboundMessage
+from tests.node.conftest import store_concurrently
 from tests.node.factories import make_ct, to_bytes
 
 OUTBOX = OutboundMessage.__table__  # type: ignore[attr-defined]
 STUDY = Study.__table__  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def archive(database_url: str, tmp_path: Path) -> Iterator[Archive]:
-    settings = NodeSettings(
-        data_dir=tmp_path / "node", database_url=database_url, fsync=False, dimse_port=0, hl7_port=0
-    )
-    opened = Archive.open(settings)
-    yield opened
-    opened.close()
 
 
 def _order(archive: Archive, accession: str, mrn: str = "MRN1", status: str | None = None) -> None:
@@ -159,6 +146,25 @@ def test_admin_resolves_a_queued_study(archive: Archive) -> None:
         resolve(archive.engine, "1.2.3.4", "ACC500")
 
 
+def test_a_reconciled_study_takes_only_its_orders_patient_from_then_on(archive: Archive) -> None:
+    _order(archive, "ACC700", mrn="MRN7")
+    study_uid = _store(archive, "ACC700", "MRN7-TYPO")  # queued: patient-mismatch
+    resolve(archive.engine, study_uid, "ACC700", "admin-kim")
+    # The study is the order's patient's now: more of it under the right MRN joins it, more
+    # under the mistyped one is refused instead of being filed under the order's patient.
+    _store(archive, "ACC700", "MRN7", study_uid)
+    with pytest.raises(StoreFailure) as refused:
+        _store(archive, "ACC700", "MRN7-TYPO", study_uid)
+    assert refused.value.code == REASON_PATIENT_MISMATCH
+    with archive.engine.connect() as conn:
+        filed = conn.execute(
+            select(STUDY.c.patient_id, STUDY.c.patient_issuer, STUDY.c.number_of_instances).where(
+                STUDY.c.study_uid == study_uid
+            )
+        ).one()
+    assert tuple(filed) == ("MRN7", "HOSP", 2)
+
+
 def test_instances_stored_concurrently_complete_the_order_once(archive: Archive) -> None:
     _order(archive, "ACC600")
     study_uid = make_ct().StudyInstanceUID
@@ -167,20 +173,7 @@ def test_instances_stored_concurrently_complete_the_order_once(archive: Archive)
         ds = make_ct(study_uid=study_uid, patient_id="MRN1", seed=i)
         ds.AccessionNumber = "ACC600"
         parts.append(to_bytes(ds))
-    failures: list[BaseException] = []
-
-    def store(data: bytes) -> None:
-        try:
-            store_bytes(archive, data)
-        except BaseException as exc:
-            failures.append(exc)
-
-    threads = [threading.Thread(target=store, args=(p,)) for p in parts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not failures
+    assert not store_concurrently(archive, parts)
     assert _order_row(archive, "ACC600")["matched_study_uid"] == study_uid
     assert len(_outbox(archive)) == 1
     with archive.engine.connect() as conn:

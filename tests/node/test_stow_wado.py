@@ -255,3 +255,29 @@ def test_real_truncated_files_are_refused(node: RunningNode) -> None:
     assert r.status_code == 409
     reasons = [i["00081197"]["Value"][0] for i in r.json()["00081198"]["Value"]]
     assert reasons == [0xC001] * len(files)
+
+
+def test_an_instance_of_another_patient_fails_and_the_rest_are_stored(node: RunningNode) -> None:
+    first = make_ct(seed=21, patient_id="MRN-A")
+    assert _raw_stow(node.dicomweb, [to_bytes(first)]).status_code == 200
+    intruder = make_ct(seed=22, study_uid=first.StudyInstanceUID, patient_id="MRN-B")
+    same_patient = make_ct(seed=23, study_uid=first.StudyInstanceUID, patient_id="MRN-A")
+    other_study = make_ct(seed=24, patient_id="MRN-B")
+
+    r = _raw_stow(
+        node.dicomweb, [to_bytes(intruder), to_bytes(same_patient), to_bytes(other_study)]
+    )
+
+    assert r.status_code == 202, r.text
+    body = r.json()
+    stored = {i["00081155"]["Value"][0] for i in body["00081199"]["Value"]}
+    assert stored == {same_patient.SOPInstanceUID, other_study.SOPInstanceUID}
+    (failed,) = body["00081198"]["Value"]
+    assert failed["00081155"]["Value"] == [intruder.SOPInstanceUID]
+    assert failed["00081197"]["Value"] == [0xA902]
+    assert failed["00000902"]["Value"] == ["the study is already filed under a different patient"]
+    # The study holds only its own patient's instances; alone, the intruder gets 409.
+    meta = DICOMwebClient(node.dicomweb).retrieve_study_metadata(first.StudyInstanceUID)
+    assert sorted(m["00100020"]["Value"][0] for m in meta) == ["MRN-A", "MRN-A"]
+    assert _status(node, intruder) == 404
+    assert _raw_stow(node.dicomweb, [to_bytes(intruder)]).status_code == 409
