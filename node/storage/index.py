@@ -29,7 +29,7 @@ class Study(SQLModel, table=True):
     study_uid: str = Field(primary_key=True, max_length=64)
     patient_id: str | None = Field(default=None, index=True)
     # IssuerOfPatientID (0010,0021): with the Patient ID, the patient a study is filed under.
-    # NULL where the objects carried none (and for studies indexed before migration 0007).
+    # NULL where the objects carried none (and for studies indexed before migration 0008).
     patient_issuer: str | None = Field(default=None)
     # PN as received (components separated by ^, groups by =) and an upper-cased copy for
     # case-insensitive matching (PS3.4 C.2.2.2.1 permits it for PN).

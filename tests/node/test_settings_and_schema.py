@@ -90,7 +90,7 @@ def test_instances_stored_before_0007_come_out_of_it_unrecorded(database_url: st
     assert _burned_in(database_url, ds.SOPInstanceUID) is False
 
     cfg = alembic_config(database_url)
-    command.downgrade(cfg, "-1")  # to the revision before the burned-in column
+    command.downgrade(cfg, "0006")  # to the revision before the burned-in column
     command.upgrade(cfg, "head")
     assert _burned_in(database_url, ds.SOPInstanceUID) is None
     engine = create_index_engine(database_url)
