@@ -3,6 +3,7 @@
 # and Orthanc (../shared/peers/orthanc), same machine, same client, same data.
 # Usage: benchmarks/run_dicomweb.sh [dicomweb-bench.py options, e.g. --small 1000 --large 40]
 #        TOOL=scale benchmarks/run_dicomweb.sh --instances 100000   (benchmarks/qido_scale.py)
+#        TOOL=one-patient benchmarks/run_dicomweb.sh   (the same tool, one patient per study)
 #        TARGETS=node (or orthanc) ... runs one server alone.
 # Writes benchmarks/out/<tool>-<time>.json and prints it. Needs curl.
 set -euo pipefail
@@ -49,6 +50,7 @@ roots=()
 [ "$TARGETS" = node ] || roots+=("$orthanc_root")
 tool=$SHARED/tools/dicomweb-bench.py
 [ "$TOOL" = scale ] && tool=benchmarks/qido_scale.py
+[ "$TOOL" = one-patient ] && tool=benchmarks/dicomweb_one_patient.py
 echo "node $node_root (pid $node_pid), orthanc $orthanc_root" >&2
 echo "$PY $tool ${roots[*]} $*" >&2
 "$PY" "$tool" "${roots[@]}" "$@" | tee "$out"
