@@ -5,6 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMPS := .stamps
 SHARED ?= ../shared
+# pytest-xdist workers for `make test` (CI has 2 cores). Each worker takes a whole test file at a
+# time (--dist loadfile): a file's module fixtures (a consortium, an Orthanc) are built once and
+# its tests keep their order.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint fmt install system-deps npm-deps clean
 
@@ -38,7 +42,7 @@ fmt: install
 	$(BIN)/ruff check --fix .
 
 test: system-deps install lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: install
 	$(BIN)/pacsmesh demo --shared $(SHARED)

@@ -34,12 +34,7 @@ from federated.deployment import (
     write_connection,
 )
 from federated.synth import synthesize
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.ports import free_port
 
 
 @dataclass

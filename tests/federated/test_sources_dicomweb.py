@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import http.server
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
@@ -22,14 +21,9 @@ from dicomweb_client.api import DICOMwebClient
 from federated.data import load_site
 from federated.sources import SourceError, SourceOptions, open_source
 from federated.synth import synthesize
+from tests.ports import free_port
 
 ORTHANC = Path(__file__).resolve().parents[3] / "shared" / "peers" / "orthanc"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +31,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A fresh Orthanc with its DICOMweb plugin; yields the DICOMweb root URL."""
     assert ORTHANC.is_file(), f"Orthanc peer script expected at {ORTHANC}"
     work = tmp_path_factory.mktemp("orthanc")
-    http_port, dicom_port = _free_port(), _free_port()
+    http_port, dicom_port = free_port(), free_port()
     subprocess.run(
         [str(ORTHANC), "start", str(work), str(http_port), str(dicom_port)],
         check=True,
@@ -115,7 +109,7 @@ def test_cached_images_load_without_the_server(
     dead = SourceOptions(labels=options.labels, cache_dir=options.cache_dir)
     from federated.sources.dicomweb import load_instance, make_client
 
-    client = make_client(f"http://127.0.0.1:{_free_port()}/dicom-web", dead)
+    client = make_client(f"http://127.0.0.1:{free_port()}/dicom-web", dead)
     again = [
         load_instance(client, "http://127.0.0.1:1", "1", "2", r.key, dead.cache_dir)
         for r in records
@@ -139,7 +133,7 @@ def test_dicomweb_errors_are_typed(stored_site: Path) -> None:
         open_source("dicomweb:http://127.0.0.1:1/dicom-web")
     options = SourceOptions(labels=_labels(stored_site), timeout_s=2)
     with pytest.raises(SourceError, match="cannot reach DICOMweb server"):
-        open_source(f"dicomweb:http://127.0.0.1:{_free_port()}/dicom-web", options)
+        open_source(f"dicomweb:http://127.0.0.1:{free_port()}/dicom-web", options)
     with pytest.raises(SourceError, match="http"):
         open_source("dicomweb:ftp://example/dicom-web", options)
 

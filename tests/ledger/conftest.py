@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -26,6 +25,7 @@ from eth_account.signers.local import LocalAccount
 from ledger import keystore
 from ledger.chain import Chain, connect
 from ledger.deploy import Deployment, MemberInfo, deploy_suite
+from tests.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Fast key files in tests only; production keeps the default work factor.
@@ -42,13 +42,6 @@ def anvil_binary() -> Path:
     wrapper = REPO_ROOT / "node_modules/.bin/anvil"
     assert wrapper.exists(), "anvil missing: run `npm ci` (make test does) to install it"
     return wrapper
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rpc(url: str, method: str, params: list[Any] | None = None) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,17 +21,11 @@ from node.services.archive import Archive
 from node.services.store import store_bytes
 from node.settings import NodeSettings
 from tests.conftest import REPO_ROOT
+from tests.ports import free_port
 
 PG_ADMIN_URL = os.environ.get("PACSMESH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgresql"]
 NO_AUTH_ENV = {"NODE_AUTH_ENABLED": "false"}
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PostgresDatabases:
