@@ -117,7 +117,7 @@ def remove(
     config: ConfigFile = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Delete an account (its tokens stop working when they expire, within their TTL)."""
+    """Delete an account; the node refuses its tokens from its next request on."""
     from node.auth.users import remove_user
 
     engine = _engine(_load(data_dir, config, database_url))
@@ -150,7 +150,7 @@ def disable(
     config: ConfigFile = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Stop an account signing in or getting tokens (issued ones expire within their TTL)."""
+    """Stop an account signing in, getting tokens, or using the tokens it holds."""
     _set_disabled(name, True, _load(data_dir, config, database_url))
 
 
@@ -161,7 +161,7 @@ def enable(
     config: ConfigFile = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Let a disabled account sign in again."""
+    """Let a disabled account sign in again (the tokens it held stay refused)."""
     _set_disabled(name, False, _load(data_dir, config, database_url))
 
 

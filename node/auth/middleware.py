@@ -194,12 +194,10 @@ class BearerAuthMiddleware:
             return
         try:
             token = bearer_token(_header(scope, b"authorization"))
-            tokens = self.tokens()
-            # A token seen before costs a lookup; a new one is verified off the event loop
-            # (an OIDC token's verification may fetch the provider's keys).
-            principal = tokens.cached(token)
-            if principal is None:
-                principal = await run_in_threadpool(tokens.verify, token)
+            # Off the event loop: the account behind a token of this node is looked up in the
+            # index (a signature verified before is not checked again), and an OIDC token's
+            # verification may fetch the provider's keys.
+            principal = await run_in_threadpool(self.tokens().verify, token)
             # Kept before the route check, so that a refusal is audited under who was refused.
             scope.setdefault("state", {})["principal"] = principal
             method = scope.get("method", "GET")

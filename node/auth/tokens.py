@@ -5,6 +5,11 @@ Claims (RFC 7519 §4.1): iss (this node's issuer id), aud, sub, exp, iat, nbf, j
 issuer). Verification follows RFC 8725: the algorithm is pinned per issuer (never taken from the
 token), so `alg: none` and HS256-with-the-public-key tokens are refused before any key is used;
 the token's `iss` picks which keys may verify it (this node's, or a configured OIDC issuer's).
+
+A token of this node stands only while its account does (RFC 7009's revocation, done by the
+account instead of a token list): a node verifying for its app asks the index database, on
+every request, whether the account still exists, is enabled, and was not re-enabled or
+re-created after the token was issued (`node.auth.users.check_token_holder`).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,14 +35,20 @@ from node.auth.policy import (
     role_scopes,
 )
 from node.auth.signing_key import ALGORITHM, SigningKey
+from node.auth.users import check_token_holder
 from node.errors import InvalidRequestError
 from node.settings import NodeSettings
 
 REQUIRED_CLAIMS = ["iss", "aud", "sub", "exp", "iat", "nbf", "jti"]
 # Tokens of this node already verified, kept until they expire: a client sends the same token
 # with every request, and a full verification (three base64 passes, an ECDSA check) costs
-# ~0.5 ms. Bounded, so that many distinct valid tokens only evict one another.
+# ~0.5 ms. Bounded, so that many distinct valid tokens only evict one another. What it keeps
+# is the signature's verdict only: the account behind a token is asked about every time.
 VERIFIED_CACHE_SIZE = 1024
+
+# Whether the account a token of this node names may still use it: (subject, issued at), raising
+# AuthenticationError when not.
+AccountCheck = Callable[[str, int], None]
 
 
 @dataclass(frozen=True)
@@ -79,18 +90,24 @@ class NodeTokens:
         audience: str,
         leeway: int = 30,
         oidc: Iterable[OidcVerifier] = (),
+        accounts: AccountCheck | None = None,
     ) -> None:
         self.key = key
+        # None only where nothing is served: the CLI that issues, and tests of the token itself.
+        self.accounts = accounts
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
         self._oidc = {v.config.issuer.rstrip("/"): v for v in oidc}
-        # token -> (principal, valid from, valid until), the leeway applied (as PyJWT applies it)
-        self._verified: dict[str, tuple[Principal, float, float]] = {}
+        # token -> (principal, issued at, valid from, valid until), the leeway applied to the
+        # validity (as PyJWT applies it)
+        self._verified: dict[str, tuple[Principal, int, float, float]] = {}
         self._verified_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: NodeSettings) -> NodeTokens:
+    def from_settings(
+        cls, settings: NodeSettings, accounts: AccountCheck | None = None
+    ) -> NodeTokens:
         """Load (or create) the signing key and the configured OIDC issuers."""
         path = settings.token_signing_key or signing_key.default_key_path(settings.data_dir)
         return cls(
@@ -99,6 +116,7 @@ class NodeTokens:
             audience=settings.token_audience_id,
             leeway=settings.token_leeway_seconds,
             oidc=[OidcVerifier(c) for c in settings.oidc_issuers],
+            accounts=accounts,
         )
 
     def jwks(self) -> dict[str, Any]:
@@ -153,27 +171,34 @@ class NodeTokens:
         return IssuedToken(token, ttl_seconds, claims["scope"], token_id)
 
     def verify(self, token: str) -> Principal:
-        """The principal a bearer token stands for, or AuthenticationError saying why not."""
-        known = self.cached(token)
-        if known is not None:
-            return known
-        try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError as exc:
-            raise decode_error(exc) from None
-        issuer = unverified.get("iss")
-        if not isinstance(issuer, str):
-            raise AuthenticationError("token lacks a required claim")
-        issuer = issuer.rstrip("/")
-        if issuer == self.issuer:
-            return self._verify_own(token, header)
-        oidc = self._oidc.get(issuer)
-        if oidc is not None:
-            return oidc.verify(token, header, self.leeway)
-        raise AuthenticationError("token from an untrusted issuer")
+        """The principal a bearer token stands for, or AuthenticationError saying why not.
 
-    def _verify_own(self, token: str, header: dict[str, Any]) -> Principal:
+        Blocking: a token of this node asks the account check (a database lookup), an OIDC
+        token may fetch its provider's keys.
+        """
+        own = self._cached(token)
+        if own is None:
+            try:
+                header = jwt.get_unverified_header(token)
+                unverified = jwt.decode(token, options={"verify_signature": False})
+            except jwt.PyJWTError as exc:
+                raise decode_error(exc) from None
+            issuer = unverified.get("iss")
+            if not isinstance(issuer, str):
+                raise AuthenticationError("token lacks a required claim")
+            issuer = issuer.rstrip("/")
+            if issuer != self.issuer:
+                oidc = self._oidc.get(issuer)
+                if oidc is None:
+                    raise AuthenticationError("token from an untrusted issuer")
+                return oidc.verify(token, header, self.leeway)
+            own = self._verify_own(token, header)
+        principal, issued_at = own
+        if self.accounts is not None:
+            self.accounts(principal.subject, issued_at)
+        return principal
+
+    def _verify_own(self, token: str, header: dict[str, Any]) -> tuple[Principal, int]:
         # RFC 8725 §3.1: the algorithm is ours to choose; the header only has to agree.
         if header.get("alg") != ALGORITHM:
             raise AuthenticationError("token signing algorithm not accepted")
@@ -190,29 +215,27 @@ class NodeTokens:
         except jwt.PyJWTError as exc:
             raise decode_error(exc) from None
         principal = _principal_from_claims(claims)
+        issued_at = int(claims["iat"])
         # The token string is the key: any other bytes, even one changed character of the
-        # signature, are verified in full. Only the clock can make this one invalid later.
-        valid_from = max(int(claims["nbf"]), int(claims["iat"])) - self.leeway
+        # signature, are verified in full. Only the clock can make this signature invalid later.
+        valid_from = max(int(claims["nbf"]), issued_at) - self.leeway
         valid_until = int(claims["exp"]) + self.leeway
         with self._verified_lock:
             if len(self._verified) >= VERIFIED_CACHE_SIZE:
                 self._verified.pop(next(iter(self._verified)))
-            self._verified[token] = (principal, valid_from, valid_until)
-        return principal
+            self._verified[token] = (principal, issued_at, valid_from, valid_until)
+        return principal, issued_at
 
-    def cached(self, token: str) -> Principal | None:
-        """The principal of a token of this node's verified before and still valid, else None.
-
-        No I/O and no signature check: callers on an event loop can try it before handing a
-        token to ``verify`` in a worker thread.
-        """
+    def _cached(self, token: str) -> tuple[Principal, int] | None:
+        """A token of this node whose signature and clock were verified before and still hold
+        (its principal and issue time), else None."""
         entry = self._verified.get(token)
         if entry is None:
             return None
-        principal, valid_from, valid_until = entry
+        principal, issued_at, valid_from, valid_until = entry
         now = time.time()
         if valid_from <= now < valid_until:
-            return principal
+            return principal, issued_at
         with self._verified_lock:
             self._verified.pop(token, None)  # verify() says why it no longer passes
         return None
@@ -249,10 +272,19 @@ _cache_lock = threading.Lock()
 
 
 def tokens_for(settings: NodeSettings, holder: Any) -> NodeTokens:
-    """The NodeTokens cached on `holder` (app.state), built on first use."""
+    """The NodeTokens cached on `holder` (app.state), built on first use; its tokens stand
+    only while their accounts do in the index of `holder.archive`."""
     with _cache_lock:
         tokens: NodeTokens | None = getattr(holder, "node_tokens", None)
         if tokens is None:
-            tokens = NodeTokens.from_settings(settings)
+            tokens = NodeTokens.from_settings(settings, accounts=_accounts_of(holder))
             holder.node_tokens = tokens
         return tokens
+
+
+def _accounts_of(holder: Any) -> AccountCheck:
+    def check(subject: str, issued_at: int) -> None:
+        # Looked up when asked: the archive is opened at start-up, after the app is built.
+        check_token_holder(holder.archive.engine, subject, issued_at)
+
+    return check

@@ -1,7 +1,9 @@
-"""Local accounts: add, remove, list, and password sign-in against the index database.
+"""Local accounts: add, remove, list, password sign-in, and whether a token's holder stands.
 
-Used by the token endpoint and by `pacsmesh node user`, which runs beside a live node and so
-touches only the index database (never the archive's data-directory lock).
+Used by the token endpoint, by token verification and by `pacsmesh node user`, which runs
+beside a live node and so touches only the index database (never the archive's data-directory
+lock). The database is the one place an account's standing lives: the node looks it up for
+every request, so a change the CLI makes in its own process takes effect on the next request.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from node.auth.errors import AuthenticationError
 from node.auth.passwords import hash_password, verify_password
 from node.auth.policy import ROLES, SERVICE_ROLES, PatientBinding
 from node.errors import ConflictError, InvalidRequestError, NotFoundError
@@ -33,6 +36,12 @@ class Account:
     disabled: bool
     has_password: bool
     created_at: datetime
+
+
+def _tokens_valid_after(now: datetime) -> int:
+    # Token `iat` claims are whole seconds: a token issued in the second an account was enabled
+    # must pass, so the mark is that second's start.
+    return int(now.timestamp())
 
 
 def _account(row: object) -> Account:
@@ -80,6 +89,7 @@ def add_user(
         "patient_mrn": patient.mrn if patient else None,
         "patient_issuer": patient.issuer if patient else None,
         "disabled": False,
+        "tokens_valid_after": _tokens_valid_after(now),
         "created_at": now,
         "updated_at": now,
     }
@@ -101,19 +111,27 @@ def get_user(engine: Engine, username: str) -> Account:
 
 
 def remove_user(engine: Engine, username: str) -> None:
-    """Delete an account; tokens already issued expire on their own (they are short-lived)."""
+    """Delete an account; the node refuses its tokens from the next request on."""
     with engine.begin() as conn:
         if conn.execute(delete(USERS).where(USERS.c.username == username)).rowcount == 0:
             raise NotFoundError("no such user")
 
 
 def set_disabled(engine: Engine, username: str, disabled: bool) -> None:
-    """Disable (or re-enable) sign-in and token issuance for an account."""
+    """Disable (or re-enable) an account: sign-in, token issuance and every token it holds.
+
+    Either way the tokens issued before now stay refused: enabling an account does not revive
+    the tokens it held when it was disabled.
+    """
+    now = datetime.now(UTC)
+    values = {
+        "disabled": disabled,
+        "tokens_valid_after": _tokens_valid_after(now),
+        "updated_at": now,
+    }
     with engine.begin() as conn:
         changed = conn.execute(
-            update(USERS)
-            .where(USERS.c.username == username)
-            .values(disabled=disabled, updated_at=datetime.now(UTC))
+            update(USERS).where(USERS.c.username == username).values(**values)
         ).rowcount
     if changed == 0:
         raise NotFoundError("no such user")
@@ -138,3 +156,23 @@ def authenticate(engine: Engine, username: str, password: str) -> Account | None
     if row is None or not ok or row.disabled:
         return None
     return _account(row)
+
+
+def check_token_holder(engine: Engine, username: str, issued_at: int) -> None:
+    """Refuse (AuthenticationError) a token of this node issued at `issued_at` to `username`
+    when the account was removed, is disabled, or was re-created or re-enabled since.
+
+    One indexed lookup (the unique user name): run for every request, so a removal or a disable
+    made by `pacsmesh node user` in another process cuts the account off at once.
+    """
+    query = select(USERS.c.disabled, USERS.c.tokens_valid_after).where(USERS.c.username == username)
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    if row is None:
+        raise AuthenticationError("token revoked: its account no longer exists")
+    if row.disabled:
+        raise AuthenticationError("token revoked: its account is disabled")
+    if issued_at < row.tokens_valid_after:
+        raise AuthenticationError(
+            "token revoked: issued before its account was last enabled or re-created"
+        )

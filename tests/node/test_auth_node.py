@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
+from ledger.audit_log import AuditLog
 from node.auth.tokens import NodeTokens
+from node.services.audit import AUDIT_DB_FILE
 from node.settings import load_settings
 from node.storage.db import alembic_config, create_index_engine, open_index
 from tests.conftest import REPO_ROOT
@@ -187,6 +190,66 @@ def test_expired_and_foreign_tokens_are_refused_by_the_node(
         assert r.status_code == 403
     finally:
         node.stop()
+
+
+def test_removing_or_disabling_an_account_cuts_its_tokens_off_at_once(
+    auth_node: RunningNode,
+) -> None:
+    node = auth_node
+    added = cli(node, "add", "alice", "--role", "clinician", "--password-stdin", stdin=PASSWORD)
+    assert added.returncode == 0, added.stderr
+    assert cli(node, "add", "svc", "--role", "admin").returncode == 0
+    granted = login(node, "alice", PASSWORD)
+    assert granted.status_code == 200, granted.text
+    alice = {"Authorization": f"Bearer {granted.json()['access_token']}"}
+    svc = cli_token(node, "svc", "--ttl", "8h")
+
+    def qido(headers: dict[str, str]) -> httpx.Response:
+        return httpx.get(f"{node.dicomweb}/studies", headers=headers, timeout=30)
+
+    def refused(headers: dict[str, str], reason: str) -> None:
+        r = qido(headers)
+        assert r.status_code == 401 and r.json() == {"error": reason}
+        assert f'error_description="{reason}"' in r.headers["www-authenticate"]
+
+    for headers in (alice, svc):
+        assert qido(headers).status_code == 204  # let through: no studies yet
+    # Tokens carry their issue time in whole seconds: what follows happens in a later second.
+    issued = time.time()
+    while int(time.time()) == int(issued):
+        time.sleep(0.05)
+    # The CLI changes the accounts in its own process; the node's next request sees it.
+    assert cli(node, "disable", "alice").returncode == 0
+    assert cli(node, "remove", "svc").returncode == 0
+    refused(alice, "token revoked: its account is disabled")
+    refused(svc, "token revoked: its account no longer exists")
+    # Enabled again: tokens issued before stay dead, a new sign-in works.
+    assert cli(node, "enable", "alice").returncode == 0
+    before = "token revoked: issued before its account was last enabled or re-created"
+    refused(alice, before)
+    fresh = login(node, "alice", PASSWORD).json()["access_token"]
+    assert qido({"Authorization": f"Bearer {fresh}"}).status_code == 204
+    # A new account under a removed one's name does not revive the old account's tokens.
+    assert cli(node, "add", "svc", "--role", "admin").returncode == 0
+    refused(svc, before)
+
+    # Each refusal is in the audit trail as a failed request by nobody authenticated.
+    node.stop()
+    log = AuditLog.open(node.data_dir / AUDIT_DB_FILE)
+    try:
+        events = [json.loads(log.entry(i)) for i in range(log.size())]
+    finally:
+        log.close()
+    queries = [e for e in events if e["event_type"] == "110112"]
+    assert [(q["agents"][0]["who"], q["outcome"]) for q in queries] == [
+        ("user:alice", 0),
+        ("user:svc", 0),
+        ("anonymous", 4),
+        ("anonymous", 4),
+        ("anonymous", 4),
+        ("user:alice", 0),
+        ("anonymous", 4),
+    ]
 
 
 def test_user_cli_manages_accounts_while_the_node_runs(tmp_path: Path) -> None:
