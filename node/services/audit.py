@@ -47,6 +47,7 @@ from ledger.audit_events import (
 )
 from ledger.audit_log import AuditLog
 from ledger.audit_recorder import AuditRecorder
+from node.auth.policy import SERVICE_ROLES, Principal
 from node.storage.crypto import create_secret_file
 
 log = logging.getLogger("pacsmesh.audit")
@@ -138,6 +139,25 @@ class NodeAudit:
         """A patient acting for themselves: their ledger address, else their pseudonym."""
         who = address.lower() if address and _ADDRESS.match(address) else None
         return Actor(who or self.patient_ref(mrn, issuer), ParticipantRole.PATIENT, host)
+
+    def principal_actor(self, principal: Principal, host: str | None) -> Actor:
+        """An authenticated principal as the requesting agent (PS3.15 A.5.2 ActiveParticipant).
+
+        A patient acts as themselves (``patient_actor``) and staff in their role. A service
+        credential (the trainer) is a machine, not a person: DICOM CID 402 names it by the
+        Application role (110150). A role the vocabulary lacks falls back to Source (110153),
+        the requesting process, as an unauthenticated caller is named.
+        """
+        bound = principal.patient
+        if principal.role == "patient" and bound is not None:
+            return self.patient_actor(bound.mrn, bound.issuer, bound.address, host)
+        who = f"user:{token_or_hash(principal.subject)}"
+        if principal.role in SERVICE_ROLES:
+            return Actor(who, ParticipantRole.APPLICATION, host)
+        try:
+            return Actor(who, ParticipantRole(principal.role), host)
+        except ValueError:
+            return Actor(who, ParticipantRole.SOURCE, host)
 
     # -- recording ---------------------------------------------------------------------------
 
