@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import logging
 import re
-import secrets
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
@@ -48,7 +47,7 @@ from ledger.audit_events import (
 from ledger.audit_log import AuditLog
 from ledger.audit_recorder import AuditRecorder
 from node.auth.policy import SERVICE_ROLES, Principal
-from node.storage.crypto import create_secret_file
+from node.storage.crypto import KEY_BYTES, load_or_create_secret
 
 log = logging.getLogger("pacsmesh.audit")
 
@@ -200,14 +199,10 @@ class NodeAudit:
 def load_pseudonym_key(path: Path) -> bytes:
     """The node's audit pseudonym key (32 random bytes, created on first use, mode 0600).
 
-    It must never change: pseudonyms made under another key no longer link a patient's events.
+    It must never change: pseudonyms made under another key no longer link a patient's events,
+    so a file of any other length (an edit, a stray newline) is refused rather than used.
     """
-    if path.exists():
-        key = path.read_bytes()
-        if len(key) != 32:
-            raise ValueError(f"the audit pseudonym key {path} is not 32 bytes")
-        return key
-    return create_secret_file(path, secrets.token_bytes(32))
+    return load_or_create_secret(path, "audit pseudonym key", max_bytes=KEY_BYTES)
 
 
 def fhir_entities(
