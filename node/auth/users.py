@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, Table, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from node.auth.errors import AuthenticationError
 from node.auth.passwords import hash_password, verify_password
 from node.auth.policy import ROLES, SERVICE_ROLES, PatientBinding
-from node.errors import ConflictError, InvalidRequestError, NotFoundError
+from node.errors import ConflictError, InvalidRequestError, NotFoundError, StorageError
 from node.storage.users_index import NodeUser
 
 USERS: Table = NodeUser.__table__  # type: ignore[attr-defined]
@@ -166,8 +166,14 @@ def check_token_holder(engine: Engine, username: str, issued_at: int) -> None:
     made by `pacsmesh node user` in another process cuts the account off at once.
     """
     query = select(USERS.c.disabled, USERS.c.tokens_valid_after).where(USERS.c.username == username)
-    with engine.connect() as conn:
-        row = conn.execute(query).first()
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(query).first()
+    except SQLAlchemyError:
+        # Never a yes without the answer: the request waits for the database to return (503).
+        raise StorageError(
+            "accounts cannot be checked now: the index database is unreachable"
+        ) from None
     if row is None:
         raise AuthenticationError("token revoked: its account no longer exists")
     if row.disabled:

@@ -62,6 +62,13 @@ def login(node: RunningNode, username: str, password: str, **extra: str) -> http
     return httpx.post(f"{node.url}/auth/token", data=form, timeout=30)
 
 
+def sign_in(node: RunningNode, username: str, role: str) -> httpx.Response:
+    """Add an account with a password, then sign in with it: the token endpoint's answer."""
+    added = cli(node, "add", username, "--role", role, "--password-stdin", stdin=PASSWORD)
+    assert added.returncode == 0, added.stderr
+    return login(node, username, PASSWORD)
+
+
 @pytest.fixture
 def auth_node(database_url: str, tmp_path: Path) -> Iterator[RunningNode]:
     """A node with auth enabled, over SQLite and PostgreSQL."""
@@ -74,10 +81,7 @@ def test_dicomweb_is_closed_without_a_token_and_open_to_a_clinician(
     auth_node: RunningNode,
 ) -> None:
     node = auth_node
-    added = cli(node, "add", "alice", "--role", "clinician", "--password-stdin", stdin=PASSWORD)
-    assert added.returncode == 0, added.stderr
-
-    r = login(node, "alice", PASSWORD)
+    r = sign_in(node, "alice", "clinician")
     assert r.status_code == 200, r.text
     assert r.headers["cache-control"] == "no-store"
     grant = r.json()
@@ -196,13 +200,12 @@ def test_removing_or_disabling_an_account_cuts_its_tokens_off_at_once(
     auth_node: RunningNode,
 ) -> None:
     node = auth_node
-    added = cli(node, "add", "alice", "--role", "clinician", "--password-stdin", stdin=PASSWORD)
-    assert added.returncode == 0, added.stderr
+    # A signed-in clinician, and a token-only service account with a token the CLI printed.
     assert cli(node, "add", "svc", "--role", "admin").returncode == 0
-    granted = login(node, "alice", PASSWORD)
+    svc = cli_token(node, "svc", "--ttl", "8h")
+    granted = sign_in(node, "alice", "clinician")
     assert granted.status_code == 200, granted.text
     alice = {"Authorization": f"Bearer {granted.json()['access_token']}"}
-    svc = cli_token(node, "svc", "--ttl", "8h")
 
     def qido(headers: dict[str, str]) -> httpx.Response:
         return httpx.get(f"{node.dicomweb}/studies", headers=headers, timeout=30)

@@ -301,3 +301,24 @@ def test_a_token_accepted_before_is_refused_once_expired_and_any_edit_is_verifie
             time.sleep(0.2)
         r = ask(issued.access_token)
         assert r.status_code == 401 and r.json() == {"error": "token expired"}
+
+
+def test_an_unreachable_account_database_answers_503_never_a_yes(tokens: NodeTokens) -> None:
+    from sqlalchemy import create_engine
+
+    from node.auth.users import check_token_holder
+    from node.errors import StorageError
+
+    # Nothing listens on port 1: the account behind a well-signed token cannot be looked up.
+    engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")
+    checked = NodeTokens(
+        tokens.key,
+        issuer=ISSUER,
+        audience=ISSUER,
+        accounts=lambda subject, issued_at: check_token_holder(engine, subject, issued_at),
+    )
+    token = checked.issue(subject="alice", role="clinician", ttl_seconds=60).access_token
+    with pytest.raises(StorageError, match="index database is unreachable") as refused:
+        checked.verify(token)
+    assert refused.value.http_status == 503
+    engine.dispose()
