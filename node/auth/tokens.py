@@ -14,11 +14,13 @@ re-created after the token was issued (`node.auth.users.check_token_holder`).
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -34,7 +36,7 @@ from node.auth.policy import (
     parse_scopes,
     role_scopes,
 )
-from node.auth.signing_key import ALGORITHM, SigningKey
+from node.auth.signing_key import ALGORITHM, RetiredKey, SigningKey
 from node.auth.users import check_token_holder
 from node.errors import InvalidRequestError
 from node.settings import NodeSettings
@@ -91,8 +93,13 @@ class NodeTokens:
         leeway: int = 30,
         oidc: Iterable[OidcVerifier] = (),
         accounts: AccountCheck | None = None,
+        key_path: Path | None = None,
     ) -> None:
-        self.key = key
+        # The key that signs, and retired keys (by kid) that still verify what they signed.
+        self._keyring: tuple[SigningKey, dict[str, RetiredKey]] = (key, {})
+        # Where the key lives, when it may be rotated by another process; None: `key` for good.
+        self._key_path = key_path
+        self._key_stamp: tuple[int, int, int] | None = None
         # None only where nothing is served: the CLI that issues, and tests of the token itself.
         self.accounts = accounts
         self.issuer = issuer
@@ -109,19 +116,50 @@ class NodeTokens:
         cls, settings: NodeSettings, accounts: AccountCheck | None = None
     ) -> NodeTokens:
         """Load (or create) the signing key and the configured OIDC issuers."""
-        path = settings.token_signing_key or signing_key.default_key_path(settings.data_dir)
-        return cls(
+        path = signing_key.key_path(settings)
+        tokens = cls(
             signing_key.load_or_create(path),
             issuer=settings.token_issuer_id,
             audience=settings.token_audience_id,
             leeway=settings.token_leeway_seconds,
             oidc=[OidcVerifier(c) for c in settings.oidc_issuers],
             accounts=accounts,
+            key_path=path,
         )
+        tokens.refresh_keys()
+        return tokens
+
+    @property
+    def key(self) -> SigningKey:
+        """The key this node signs with now."""
+        return self._keyring[0]
+
+    def refresh_keys(self) -> None:
+        """Take up a rotation of the signing key (`node signing-key rotate`, run by any process).
+
+        One `stat` when nothing changed. On a change, verdicts remembered under the old key set
+        are dropped, so a token is never accepted by a key the node no longer holds.
+        """
+        if self._key_path is None:
+            return
+        stamp = _file_stamp(self._key_path)
+        if stamp == self._key_stamp:
+            return
+        with self._verified_lock:
+            key = signing_key.load_or_create(self._key_path)
+            retired = signing_key.load_retired(self._key_path, time.time())
+            self._keyring = (key, {k.kid: k for k in retired if k.kid != key.kid})
+            self._key_stamp = stamp
+            self._verified.clear()
 
     def jwks(self) -> dict[str, Any]:
-        """This node's public keys as a JWKS document (RFC 7517 §5)."""
-        return {"keys": [self.key.public_jwk()]}
+        """This node's public keys as a JWKS document (RFC 7517 §5): the signing key, and the
+        retired keys whose tokens may still be alive."""
+        self.refresh_keys()
+        key, retired = self._keyring
+        now = time.time()
+        alive = [k.public_jwk() for k in retired.values() if now < k.verifies_until]
+        return {"keys": [key.public_jwk(), *alive]}
 
     def issue(
         self,
@@ -134,6 +172,7 @@ class NodeTokens:
         now: float | None = None,
     ) -> IssuedToken:
         """Sign a token for a subject; `scopes` narrows the role's scopes, never widens them."""
+        self.refresh_keys()
         ceiling = role_scopes(role)
         if not ceiling:
             raise InvalidRequestError("unknown role")
@@ -165,9 +204,8 @@ class NodeTokens:
             claims["patient"] = {"mrn": patient.mrn, "issuer": patient.issuer}
             if patient.address:
                 claims["patient"]["address"] = patient.address
-        token = jwt.encode(
-            claims, self.key.private, algorithm=ALGORITHM, headers={"kid": self.key.kid}
-        )
+        key = self.key
+        token = jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.kid})
         return IssuedToken(token, ttl_seconds, claims["scope"], token_id)
 
     def verify(self, token: str) -> Principal:
@@ -176,6 +214,7 @@ class NodeTokens:
         Blocking: a token of this node asks the account check (a database lookup), an OIDC
         token may fetch its provider's keys.
         """
+        self.refresh_keys()
         own = self._cached(token)
         if own is None:
             try:
@@ -202,10 +241,12 @@ class NodeTokens:
         # RFC 8725 §3.1: the algorithm is ours to choose; the header only has to agree.
         if header.get("alg") != ALGORITHM:
             raise AuthenticationError("token signing algorithm not accepted")
+        key, retired = self._keyring
+        old = retired.get(str(header.get("kid")))
         try:
             claims = jwt.decode(
                 token,
-                self.key.public,
+                key.public if old is None else old.public,
                 algorithms=[ALGORITHM],
                 audience=self.audience,
                 issuer=self.issuer,
@@ -220,6 +261,12 @@ class NodeTokens:
         # signature, are verified in full. Only the clock can make this signature invalid later.
         valid_from = max(int(claims["nbf"]), issued_at) - self.leeway
         valid_until = int(claims["exp"]) + self.leeway
+        if old is not None:
+            # A retired key verifies only what lives no longer than the tokens it signed could:
+            # one minted later with a leaked copy of it cannot outlast its retirement.
+            if int(claims["exp"]) > old.verifies_until:
+                raise AuthenticationError("token outlives the retired key that signed it")
+            valid_until = min(valid_until, old.verifies_until)
         with self._verified_lock:
             if len(self._verified) >= VERIFIED_CACHE_SIZE:
                 self._verified.pop(next(iter(self._verified)))
@@ -239,6 +286,15 @@ class NodeTokens:
         with self._verified_lock:
             self._verified.pop(token, None)  # verify() says why it no longer passes
         return None
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int]:
+    """What changes when the file is replaced (a rotation renames a new file into place)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return (0, 0, 0)  # made on first use by load_or_create
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _principal_from_claims(claims: dict[str, Any]) -> Principal:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -35,16 +36,12 @@ ENV = {"NODE_AUTH_ENABLED": "true", "NODE_TOKEN_ISSUER": ISSUER}
 
 def cli(node: RunningNode, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     """`pacsmesh node user ...` in its own process, beside the running node."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "node.cli",
-        "node",
-        "user",
-        *args,
-        "--data-dir",
-        str(node.data_dir),
-    ]
+    return node_cli(node, "user", *args, stdin=stdin)
+
+
+def node_cli(node: RunningNode, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """`pacsmesh node ...` in its own process, beside the running node."""
+    cmd = [sys.executable, "-m", "node.cli", "node", *args, "--data-dir", str(node.data_dir)]
     if node.database_url:
         cmd += ["--database-url", node.database_url]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **ENV}
@@ -253,6 +250,34 @@ def test_removing_or_disabling_an_account_cuts_its_tokens_off_at_once(
         ("user:alice", 0),
         ("anonymous", 4),
     ]
+
+
+def test_the_signing_key_rotates_beside_a_live_node(tmp_path: Path) -> None:
+    node = start_node(tmp_path / "node", env=ENV)
+    try:
+        granted = sign_in(node, "alice", "clinician")
+        assert granted.status_code == 200, granted.text
+        before = {"Authorization": f"Bearer {granted.json()['access_token']}"}
+        old_kid = jwt.get_unverified_header(granted.json()["access_token"])["kid"]
+
+        rotated = node_cli(node, "signing-key", "rotate")
+        assert rotated.returncode == 0, rotated.stderr
+        report = json.loads(rotated.stdout)
+        assert report["retired_kid"] == old_kid != report["kid"]
+
+        # The node takes the new key up by itself: its next sign-in is signed with it, the
+        # CLI's tokens verify, and a token the old key signed goes on working until it expires.
+        fresh = login(node, "alice", PASSWORD).json()["access_token"]
+        assert jwt.get_unverified_header(fresh)["kid"] == report["kid"]
+        for headers in (before, {"Authorization": f"Bearer {fresh}"}, cli_token(node, "alice")):
+            r = httpx.get(f"{node.dicomweb}/studies", headers=headers, timeout=30)
+            assert r.status_code == 204
+        jwks = httpx.get(f"{node.url}/auth/jwks.json", timeout=30).json()
+        assert [k["kid"] for k in jwks["keys"]] == [report["kid"], old_kid]
+        retired = node.data_dir / "keys" / "token-signing-retired.json"
+        assert b"PRIVATE" not in retired.read_bytes()
+    finally:
+        node.stop()
 
 
 def test_user_cli_manages_accounts_while_the_node_runs(tmp_path: Path) -> None:

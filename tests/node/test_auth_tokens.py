@@ -322,3 +322,40 @@ def test_an_unreachable_account_database_answers_503_never_a_yes(tokens: NodeTok
         checked.verify(token)
     assert refused.value.http_status == 503
     engine.dispose()
+
+
+def test_a_rotated_key_signs_anew_and_the_old_one_verifies_only_what_it_signed(
+    tmp_path: Path,
+) -> None:
+    from node.settings import load_settings
+
+    settings = load_settings(data_dir=tmp_path, token_issuer=ISSUER)
+    path, lifetime = signing_key.key_path(settings), signing_key.token_lifetime(settings)
+    serving = NodeTokens.from_settings(settings)  # the node process, built before the rotation
+    old_key = serving.key
+    before = serving.issue(subject="alice", role="clinician", ttl_seconds=600).access_token
+    assert serving.verify(before).subject == "alice"
+
+    # Another process (`node signing-key rotate`) replaces the key on disk.
+    new_key, retired = signing_key.rotate(path, lifetime)
+    assert retired.kid == old_key.kid != new_key.kid
+    cli = NodeTokens.from_settings(settings)
+    after = cli.issue(subject="bob", role="clinician", ttl_seconds=60)
+    assert serving.verify(after.access_token).subject == "bob"
+    assert serving.verify(before).subject == "alice"  # signed by the retired key, still alive
+    signed_now = serving.issue(subject="carol", role="clinician", ttl_seconds=60).access_token
+    assert jwt.get_unverified_header(signed_now)["kid"] == new_key.kid
+    assert [k["kid"] for k in serving.jwks()["keys"]] == [new_key.kid, old_key.kid]
+
+    # A leaked copy of the retired key cannot mint a token that outlives its retirement.
+    leaked = NodeTokens(old_key, issuer=ISSUER, audience=ISSUER)
+    forged = leaked.issue(subject="mallory", role="admin", ttl_seconds=lifetime + 3600)
+    with pytest.raises(AuthenticationError, match="outlives the retired key"):
+        serving.verify(forged.access_token)
+
+    # Once its tokens have all expired a retired key is forgotten (here: a lifetime of 0).
+    newest, _ = signing_key.rotate(path, 0)
+    with pytest.raises(AuthenticationError, match="token signature does not verify"):
+        serving.verify(after.access_token)
+    assert serving.verify(before).subject == "alice"
+    assert [k["kid"] for k in serving.jwks()["keys"]] == [newest.kid, old_key.kid]
