@@ -268,9 +268,10 @@ class NodeTokens:
                 raise AuthenticationError("token outlives the retired key that signed it")
             valid_until = min(valid_until, old.verifies_until)
         with self._verified_lock:
-            if len(self._verified) >= VERIFIED_CACHE_SIZE:
-                self._verified.pop(next(iter(self._verified)))
-            self._verified[token] = (principal, issued_at, valid_from, valid_until)
+            if self._keyring[0] is key:  # a verdict under keys rotated away meanwhile is not kept
+                if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                    self._verified.pop(next(iter(self._verified)))
+                self._verified[token] = (principal, issued_at, valid_from, valid_until)
         return principal, issued_at
 
     def _cached(self, token: str) -> tuple[Principal, int] | None:
