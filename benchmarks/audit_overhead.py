@@ -108,6 +108,7 @@ def main() -> None:
                 data_dir = Path(tmp) / f"{tree}-{auth}"
                 settings = load_settings(data_dir=data_dir, token_issuer=ISSUER)
                 if tree == "audit":  # this tree refuses tokens without an account
+                    data_dir.mkdir(parents=True)
                     engine = open_index(settings.index_url)
                     add_user(engine, "bench", "admin")
                     engine.dispose()

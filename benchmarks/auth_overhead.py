@@ -67,6 +67,7 @@ def main() -> None:
         # The auth-enabled node's data directory: the node signs and checks with this key.
         data_dir = Path(tmp) / "node-True"
         settings = load_settings(data_dir=data_dir, token_issuer=ISSUER)
+        data_dir.mkdir(parents=True)
         engine = open_index(settings.index_url)  # the node refuses tokens without an account
         add_user(engine, "bench", "clinician")
         tokens = NodeTokens.from_settings(settings, accounts=partial(check_token_holder, engine))
