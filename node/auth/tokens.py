@@ -9,7 +9,7 @@ the token's `iss` picks which keys may verify it (this node's, or a configured O
 A token of this node stands only while its account does (RFC 7009's revocation, done by the
 account instead of a token list): a node verifying for its app asks the index database, on
 every request, whether the account still exists, is enabled, and was not re-enabled or
-re-created after the token was issued (`node.auth.users.check_token_holder`).
+re-created after the token was issued (`node.auth.users.TokenHolders`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from node.auth.policy import (
     role_scopes,
 )
 from node.auth.signing_key import ALGORITHM, RetiredKey, SigningKey
-from node.auth.users import check_token_holder
+from node.auth.users import TokenHolders
 from node.errors import InvalidRequestError
 from node.settings import NodeSettings
 
@@ -47,10 +47,6 @@ REQUIRED_CLAIMS = ["iss", "aud", "sub", "exp", "iat", "nbf", "jti"]
 # ~0.5 ms. Bounded, so that many distinct valid tokens only evict one another. What it keeps
 # is the signature's verdict only: the account behind a token is asked about every time.
 VERIFIED_CACHE_SIZE = 1024
-
-# Whether the account a token of this node names may still use it: (subject, issued at), raising
-# AuthenticationError when not.
-AccountCheck = Callable[[str, int], None]
 
 
 @dataclass(frozen=True)
@@ -92,7 +88,7 @@ class NodeTokens:
         audience: str,
         leeway: int = 30,
         oidc: Iterable[OidcVerifier] = (),
-        accounts: AccountCheck | None = None,
+        accounts: TokenHolders | None = None,
         key_path: Path | None = None,
     ) -> None:
         # The key that signs, and retired keys (by kid) that still verify what they signed.
@@ -113,7 +109,7 @@ class NodeTokens:
 
     @classmethod
     def from_settings(
-        cls, settings: NodeSettings, accounts: AccountCheck | None = None
+        cls, settings: NodeSettings, accounts: TokenHolders | None = None
     ) -> NodeTokens:
         """Load (or create) the signing key and the configured OIDC issuers."""
         path = signing_key.key_path(settings)
@@ -128,6 +124,11 @@ class NodeTokens:
         )
         tokens.refresh_keys()
         return tokens
+
+    def close(self) -> None:
+        """Release the account lookups' connection (before the index closes)."""
+        if self.accounts is not None:
+            self.accounts.close()
 
     @property
     def key(self) -> SigningKey:
@@ -207,6 +208,11 @@ class NodeTokens:
         key = self.key
         token = jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.kid})
         return IssuedToken(token, ttl_seconds, claims["scope"], token_id)
+
+    def answers_at_once(self, token: str) -> bool:
+        """True when verifying `token` waits on nothing: its signature was verified before and
+        its account is looked up in this process (SQLite). The event loop may then verify it."""
+        return token in self._verified and (self.accounts is None or self.accounts.in_process)
 
     def verify(self, token: str) -> Principal:
         """The principal a bearer token stands for, or AuthenticationError saying why not.
@@ -329,19 +335,13 @@ _cache_lock = threading.Lock()
 
 
 def tokens_for(settings: NodeSettings, holder: Any) -> NodeTokens:
-    """The NodeTokens cached on `holder` (app.state), built on first use; its tokens stand
-    only while their accounts do in the index of `holder.archive`."""
+    """The NodeTokens cached on `holder` (app.state), built on first use (a request, so after
+    start-up opened the archive); its tokens stand only while their accounts do in the index
+    of `holder.archive`."""
     with _cache_lock:
         tokens: NodeTokens | None = getattr(holder, "node_tokens", None)
         if tokens is None:
-            tokens = NodeTokens.from_settings(settings, accounts=_accounts_of(holder))
+            accounts = TokenHolders(holder.archive.engine)
+            tokens = NodeTokens.from_settings(settings, accounts=accounts)
             holder.node_tokens = tokens
         return tokens
-
-
-def _accounts_of(holder: Any) -> AccountCheck:
-    def check(subject: str, issued_at: int) -> None:
-        # Looked up when asked: the archive is opened at start-up, after the app is built.
-        check_token_holder(holder.archive.engine, subject, issued_at)
-
-    return check

@@ -9,10 +9,23 @@ every request, so a change the CLI makes in its own process takes effect on the 
 from __future__ import annotations
 
 import re
+import threading
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Engine, Table, delete, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Table,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from node.auth.errors import AuthenticationError
@@ -158,27 +171,64 @@ def authenticate(engine: Engine, username: str, password: str) -> Account | None
     return _account(row)
 
 
-def check_token_holder(engine: Engine, username: str, issued_at: int) -> None:
-    """Refuse (AuthenticationError) a token of this node issued at `issued_at` to `username`
-    when the account was removed, is disabled, or was re-created or re-enabled since.
+# Built once: constructing the statement cost more than running it.
+_STANDING = select(USERS.c.disabled, USERS.c.tokens_valid_after).where(
+    USERS.c.username == bindparam("username")
+)
 
-    One indexed lookup (the unique user name): run for every request, so a removal or a disable
-    made by `pacsmesh node user` in another process cuts the account off at once.
+
+class TokenHolders:
+    """Check 6 of token verification: does the account a token of this node names still stand?
+
+    One indexed lookup (the unique user name) for every request, so a removal or a disable made
+    by `pacsmesh node user` in another process cuts the account off at once. The lookups share
+    one connection kept for them (a pool checkout costs several times the query); on SQLite,
+    whose file this process reads itself, a lookup takes microseconds (`in_process`), so the
+    event loop may ask without a hand-off to a worker thread.
     """
-    query = select(USERS.c.disabled, USERS.c.tokens_valid_after).where(USERS.c.username == username)
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(query).first()
-    except SQLAlchemyError:
-        # Never a yes without the answer: the request waits for the database to return (503).
-        raise StorageError(
-            "accounts cannot be checked now: the index database is unreachable"
-        ) from None
-    if row is None:
-        raise AuthenticationError("token revoked: its account no longer exists")
-    if row.disabled:
-        raise AuthenticationError("token revoked: its account is disabled")
-    if issued_at < row.tokens_valid_after:
-        raise AuthenticationError(
-            "token revoked: issued before its account was last enabled or re-created"
-        )
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.in_process = engine.dialect.name == "sqlite"
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, username: str, issued_at: int) -> None:
+        """Refuse (AuthenticationError) a token issued at `issued_at` to `username` when the
+        account was removed, is disabled, or was re-created or re-enabled since."""
+        row = self._standing(username)
+        if row is None:
+            raise AuthenticationError("token revoked: its account no longer exists")
+        if row.disabled:
+            raise AuthenticationError("token revoked: its account is disabled")
+        if issued_at < row.tokens_valid_after:
+            raise AuthenticationError(
+                "token revoked: issued before its account was last enabled or re-created"
+            )
+
+    def close(self) -> None:
+        """Give the kept connection back (before the engine is disposed)."""
+        with self._lock:
+            self._drop()
+
+    def _standing(self, username: str) -> Row[Any] | None:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = self.engine.connect()
+                try:
+                    return self._conn.execute(_STANDING, {"username": username}).first()
+                finally:
+                    self._conn.rollback()  # no snapshot kept: the next lookup sees the newest
+            except SQLAlchemyError:
+                self._drop()  # the next lookup connects afresh
+                # Never a yes without the answer: the request waits for the database (503).
+                raise StorageError(
+                    "accounts cannot be checked now: the index database is unreachable"
+                ) from None
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with suppress(SQLAlchemyError):
+                self._conn.close()
+            self._conn = None

@@ -12,6 +12,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
+from sqlalchemy import create_engine
 
 from node.auth import signing_key
 from node.auth.deps import CurrentPrincipal, require_scope
@@ -260,7 +261,7 @@ def test_tokens_for_caches_per_app(tmp_path: Path) -> None:
     from node.settings import load_settings
 
     settings = load_settings(data_dir=tmp_path, port=9999)
-    holder = SimpleNamespace()
+    holder = SimpleNamespace(archive=SimpleNamespace(engine=create_engine("sqlite://")))
     first = tokens_for(settings, holder)
     assert tokens_for(settings, holder) is first
     assert first.issuer == "http://127.0.0.1:9999" == first.audience
@@ -304,9 +305,7 @@ def test_a_token_accepted_before_is_refused_once_expired_and_any_edit_is_verifie
 
 
 def test_an_unreachable_account_database_answers_503_never_a_yes(tokens: NodeTokens) -> None:
-    from sqlalchemy import create_engine
-
-    from node.auth.users import check_token_holder
+    from node.auth.users import TokenHolders
     from node.errors import StorageError
 
     # Nothing listens on port 1: the account behind a well-signed token cannot be looked up.
@@ -315,7 +314,7 @@ def test_an_unreachable_account_database_answers_503_never_a_yes(tokens: NodeTok
         tokens.key,
         issuer=ISSUER,
         audience=ISSUER,
-        accounts=lambda subject, issued_at: check_token_holder(engine, subject, issued_at),
+        accounts=TokenHolders(engine),
     )
     token = checked.issue(subject="alice", role="clinician", ttl_seconds=60).access_token
     with pytest.raises(StorageError, match="index database is unreachable") as refused:
