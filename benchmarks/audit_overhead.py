@@ -33,7 +33,9 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from node.auth.tokens import NodeTokens
+from node.auth.users import add_user
 from node.settings import load_settings
+from node.storage.db import open_index
 
 ISSUER = "https://bench.node.test"
 HERE = Path(__file__).resolve().parent.parent
@@ -104,9 +106,13 @@ def main() -> None:
         try:
             for tree, auth in configs:
                 data_dir = Path(tmp) / f"{tree}-{auth}"
-                tokens = NodeTokens.from_settings(
-                    load_settings(data_dir=data_dir, token_issuer=ISSUER)
-                )
+                settings = load_settings(data_dir=data_dir, token_issuer=ISSUER)
+                if tree == "audit":  # this tree refuses tokens without an account
+                    data_dir.mkdir(parents=True)
+                    engine = open_index(settings.index_url)
+                    add_user(engine, "bench", "admin")
+                    engine.dispose()
+                tokens = NodeTokens.from_settings(settings)
                 token = tokens.issue(subject="bench", role="admin", ttl_seconds=3600)
                 headers[tree, auth] = (
                     {"Authorization": f"Bearer {token.access_token}"} if auth else {}

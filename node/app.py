@@ -79,6 +79,9 @@ def create_app(settings: NodeSettings, archive: Archive | None = None) -> FastAP
             close_ledger_link(app)
             hl7.stop()
             REFUSALS.sink = None
+            tokens = getattr(app.state, "node_tokens", None)
+            if tokens is not None:
+                tokens.close()  # its account lookups' connection, before the index closes
             # Last: every event of a request or message still in flight is committed first.
             app.state.audit.close()
             if owned:

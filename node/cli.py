@@ -11,6 +11,7 @@ import typer
 
 from node.cli_enroll import enroll
 from node.cli_network import network_app
+from node.cli_signing_key import signing_key_app
 from node.cli_training import training_app
 from node.cli_users import user_app
 from node.cli_workflow import mount as mount_workflow
@@ -26,6 +27,7 @@ node_app = typer.Typer(help="Run and administer a hospital node.", no_args_is_he
 node_app.command("enroll")(enroll)  # TLS identity in the consortium (issue #6)
 app.add_typer(node_app, name="node")
 node_app.add_typer(user_app, name="user")
+node_app.add_typer(signing_key_app, name="signing-key")  # rotate the token-signing key
 node_app.add_typer(training_app, name="training")  # labels for the training credential
 mount_workflow(node_app)  # pacsmesh node reconcile|outbox
 app.add_typer(network_app, name="network")  # pacsmesh network studies|retrieve

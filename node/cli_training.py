@@ -11,9 +11,8 @@ never the archive, so it runs beside a live node.
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Final
 
@@ -57,21 +56,13 @@ def map_labels(
     return kept, out, dropped
 
 
-def _write_private(path: Path, columns: list[str], rows: list[dict[str, str]]) -> None:
-    """Write the CSV atomically with mode 0600 (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def csv_text(columns: list[str], rows: list[dict[str, str]]) -> str:
+    """A labels table as CSV text."""
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
 
 
 @training_app.command("labels")
@@ -84,6 +75,7 @@ def labels(
     """Write a labels CSV keyed by the de-identified UIDs the training credential sees."""
     from node.services.deid import UidMapper
     from node.services.training import load_uid_key
+    from node.storage.crypto import replace_secret_file
 
     settings = _load(data_dir, config, None)
     try:
@@ -102,5 +94,5 @@ def labels(
     except (OSError, ValueError) as exc:
         _fail(f"training UID key: {exc}")
     kept, mapped, dropped = map_labels(rows, columns, UidMapper(key))
-    _write_private(out, kept, mapped)
+    replace_secret_file(out, csv_text(kept, mapped).encode("utf-8"))  # mode 0600, whole or not
     typer.echo(json.dumps({"rows": len(mapped), "columns": kept, "dropped": dropped}))

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -117,7 +116,7 @@ def remove(
     config: ConfigFile = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Delete an account (its tokens stop working when they expire, within their TTL)."""
+    """Delete an account; the node refuses its tokens from its next request on."""
     from node.auth.users import remove_user
 
     engine = _engine(_load(data_dir, config, database_url))
@@ -150,7 +149,7 @@ def disable(
     config: ConfigFile = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Stop an account signing in or getting tokens (issued ones expire within their TTL)."""
+    """Stop an account signing in, getting tokens, or using the tokens it holds."""
     _set_disabled(name, True, _load(data_dir, config, database_url))
 
 
@@ -161,7 +160,7 @@ def enable(
     config: ConfigFile = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Let a disabled account sign in again."""
+    """Let a disabled account sign in again (the tokens it held stay refused)."""
     _set_disabled(name, False, _load(data_dir, config, database_url))
 
 
@@ -219,6 +218,7 @@ def token(
     from node.auth.policy import parse_scopes
     from node.auth.tokens import NodeTokens
     from node.auth.users import get_user
+    from node.storage.crypto import replace_secret_file
 
     settings = _load(data_dir, config, database_url)
     try:
@@ -251,23 +251,6 @@ def token(
     if out is None:
         typer.echo(issued.access_token)
         return
-    write_secret_text(out, issued.access_token + "\n")
+    # A scheduled job renews the file: a reader sees the old token or the new one.
+    replace_secret_file(out, (issued.access_token + "\n").encode())
     typer.echo(json.dumps({"token_file": str(out), "expires_in": issued.expires_in}))
-
-
-def write_secret_text(path: Path, text: str) -> None:
-    """Replace a file atomically with `text`, readable by its owner only (mode 0600).
-
-    For a token file a scheduled job renews: a reader sees the old token or the new one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:  # mkstemp makes it 0600
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -202,15 +202,7 @@ def _actor(audit: NodeAudit, state: dict[str, Any], host: str | None) -> Actor:
         return Actor(peer, ParticipantRole.DESTINATION, host)
     principal = state.get("principal")
     if isinstance(principal, Principal):
-        if principal.role == "patient" and principal.patient is not None:
-            bound = principal.patient
-            return audit.patient_actor(bound.mrn, bound.issuer, bound.address, host)
-        try:
-            role = ParticipantRole(principal.role)
-        except ValueError:
-            # A service credential (the trainer) is an application, not a person's role.
-            role = ParticipantRole.APPLICATION if principal.purpose else ParticipantRole.SOURCE
-        return Actor(f"user:{token_or_hash(principal.subject)}", role, host)
+        return audit.principal_actor(principal, host)
     login = state.get(_LOGIN)
     if login is not None:
         username, role_name = login

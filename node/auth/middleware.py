@@ -194,11 +194,13 @@ class BearerAuthMiddleware:
             return
         try:
             token = bearer_token(_header(scope, b"authorization"))
+            # The account behind a token of this node is looked up in the index, and an OIDC
+            # token's verification may fetch its provider's keys: off the event loop, unless
+            # the token's signature was verified before and the lookup is in-process (SQLite).
             tokens = self.tokens()
-            # A token seen before costs a lookup; a new one is verified off the event loop
-            # (an OIDC token's verification may fetch the provider's keys).
-            principal = tokens.cached(token)
-            if principal is None:
+            if tokens.answers_at_once(token):
+                principal = tokens.verify(token)
+            else:
                 principal = await run_in_threadpool(tokens.verify, token)
             # Kept before the route check, so that a refusal is audited under who was refused.
             scope.setdefault("state", {})["principal"] = principal

@@ -5,15 +5,22 @@ Claims (RFC 7519 §4.1): iss (this node's issuer id), aud, sub, exp, iat, nbf, j
 issuer). Verification follows RFC 8725: the algorithm is pinned per issuer (never taken from the
 token), so `alg: none` and HS256-with-the-public-key tokens are refused before any key is used;
 the token's `iss` picks which keys may verify it (this node's, or a configured OIDC issuer's).
+
+A token of this node stands only while its account does (RFC 7009's revocation, done by the
+account instead of a token list): a node verifying for its app asks the index database, on
+every request, whether the account still exists, is enabled, and was not re-enabled or
+re-created after the token was issued (`node.auth.users.TokenHolders`).
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -29,14 +36,16 @@ from node.auth.policy import (
     parse_scopes,
     role_scopes,
 )
-from node.auth.signing_key import ALGORITHM, SigningKey
+from node.auth.signing_key import ALGORITHM, RetiredKey, SigningKey
+from node.auth.users import TokenHolders
 from node.errors import InvalidRequestError
 from node.settings import NodeSettings
 
 REQUIRED_CLAIMS = ["iss", "aud", "sub", "exp", "iat", "nbf", "jti"]
 # Tokens of this node already verified, kept until they expire: a client sends the same token
 # with every request, and a full verification (three base64 passes, an ECDSA check) costs
-# ~0.5 ms. Bounded, so that many distinct valid tokens only evict one another.
+# ~0.5 ms. Bounded, so that many distinct valid tokens only evict one another. What it keeps
+# is the signature's verdict only: the account behind a token is asked about every time.
 VERIFIED_CACHE_SIZE = 1024
 
 
@@ -79,31 +88,79 @@ class NodeTokens:
         audience: str,
         leeway: int = 30,
         oidc: Iterable[OidcVerifier] = (),
+        accounts: TokenHolders | None = None,
+        key_path: Path | None = None,
     ) -> None:
-        self.key = key
+        # The key that signs, and retired keys (by kid) that still verify what they signed.
+        self._keyring: tuple[SigningKey, dict[str, RetiredKey]] = (key, {})
+        # Where the key lives, when it may be rotated by another process; None: `key` for good.
+        self._key_path = key_path
+        self._key_stamp: tuple[int, int, int] | None = None
+        # None only where nothing is served: the CLI that issues, and tests of the token itself.
+        self.accounts = accounts
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
         self._oidc = {v.config.issuer.rstrip("/"): v for v in oidc}
-        # token -> (principal, valid from, valid until), the leeway applied (as PyJWT applies it)
-        self._verified: dict[str, tuple[Principal, float, float]] = {}
+        # token -> (principal, issued at, valid from, valid until), the leeway applied to the
+        # validity (as PyJWT applies it)
+        self._verified: dict[str, tuple[Principal, int, float, float]] = {}
         self._verified_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: NodeSettings) -> NodeTokens:
+    def from_settings(
+        cls, settings: NodeSettings, accounts: TokenHolders | None = None
+    ) -> NodeTokens:
         """Load (or create) the signing key and the configured OIDC issuers."""
-        path = settings.token_signing_key or signing_key.default_key_path(settings.data_dir)
-        return cls(
+        path = signing_key.key_path(settings)
+        tokens = cls(
             signing_key.load_or_create(path),
             issuer=settings.token_issuer_id,
             audience=settings.token_audience_id,
             leeway=settings.token_leeway_seconds,
             oidc=[OidcVerifier(c) for c in settings.oidc_issuers],
+            accounts=accounts,
+            key_path=path,
         )
+        tokens.refresh_keys()
+        return tokens
+
+    def close(self) -> None:
+        """Release the account lookups' connection (before the index closes)."""
+        if self.accounts is not None:
+            self.accounts.close()
+
+    @property
+    def key(self) -> SigningKey:
+        """The key this node signs with now."""
+        return self._keyring[0]
+
+    def refresh_keys(self) -> None:
+        """Take up a rotation of the signing key (`node signing-key rotate`, run by any process).
+
+        One `stat` when nothing changed. On a change, verdicts remembered under the old key set
+        are dropped, so a token is never accepted by a key the node no longer holds.
+        """
+        if self._key_path is None:
+            return
+        stamp = _file_stamp(self._key_path)
+        if stamp == self._key_stamp:
+            return
+        with self._verified_lock:
+            key = signing_key.load_or_create(self._key_path)
+            retired = signing_key.load_retired(self._key_path, time.time())
+            self._keyring = (key, {k.kid: k for k in retired if k.kid != key.kid})
+            self._key_stamp = stamp
+            self._verified.clear()
 
     def jwks(self) -> dict[str, Any]:
-        """This node's public keys as a JWKS document (RFC 7517 §5)."""
-        return {"keys": [self.key.public_jwk()]}
+        """This node's public keys as a JWKS document (RFC 7517 §5): the signing key, and the
+        retired keys whose tokens may still be alive."""
+        self.refresh_keys()
+        key, retired = self._keyring
+        now = time.time()
+        alive = [k.public_jwk() for k in retired.values() if now < k.verifies_until]
+        return {"keys": [key.public_jwk(), *alive]}
 
     def issue(
         self,
@@ -116,6 +173,7 @@ class NodeTokens:
         now: float | None = None,
     ) -> IssuedToken:
         """Sign a token for a subject; `scopes` narrows the role's scopes, never widens them."""
+        self.refresh_keys()
         ceiling = role_scopes(role)
         if not ceiling:
             raise InvalidRequestError("unknown role")
@@ -147,40 +205,54 @@ class NodeTokens:
             claims["patient"] = {"mrn": patient.mrn, "issuer": patient.issuer}
             if patient.address:
                 claims["patient"]["address"] = patient.address
-        token = jwt.encode(
-            claims, self.key.private, algorithm=ALGORITHM, headers={"kid": self.key.kid}
-        )
+        key = self.key
+        token = jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.kid})
         return IssuedToken(token, ttl_seconds, claims["scope"], token_id)
 
-    def verify(self, token: str) -> Principal:
-        """The principal a bearer token stands for, or AuthenticationError saying why not."""
-        known = self.cached(token)
-        if known is not None:
-            return known
-        try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError as exc:
-            raise decode_error(exc) from None
-        issuer = unverified.get("iss")
-        if not isinstance(issuer, str):
-            raise AuthenticationError("token lacks a required claim")
-        issuer = issuer.rstrip("/")
-        if issuer == self.issuer:
-            return self._verify_own(token, header)
-        oidc = self._oidc.get(issuer)
-        if oidc is not None:
-            return oidc.verify(token, header, self.leeway)
-        raise AuthenticationError("token from an untrusted issuer")
+    def answers_at_once(self, token: str) -> bool:
+        """True when verifying `token` waits on nothing: its signature was verified before and
+        its account is looked up in this process (SQLite). The event loop may then verify it."""
+        return token in self._verified and (self.accounts is None or self.accounts.in_process)
 
-    def _verify_own(self, token: str, header: dict[str, Any]) -> Principal:
+    def verify(self, token: str) -> Principal:
+        """The principal a bearer token stands for, or AuthenticationError saying why not.
+
+        Blocking: a token of this node asks the account check (a database lookup), an OIDC
+        token may fetch its provider's keys.
+        """
+        self.refresh_keys()
+        own = self._cached(token)
+        if own is None:
+            try:
+                header = jwt.get_unverified_header(token)
+                unverified = jwt.decode(token, options={"verify_signature": False})
+            except jwt.PyJWTError as exc:
+                raise decode_error(exc) from None
+            issuer = unverified.get("iss")
+            if not isinstance(issuer, str):
+                raise AuthenticationError("token lacks a required claim")
+            issuer = issuer.rstrip("/")
+            if issuer != self.issuer:
+                oidc = self._oidc.get(issuer)
+                if oidc is None:
+                    raise AuthenticationError("token from an untrusted issuer")
+                return oidc.verify(token, header, self.leeway)
+            own = self._verify_own(token, header)
+        principal, issued_at = own
+        if self.accounts is not None:
+            self.accounts(principal.subject, issued_at)
+        return principal
+
+    def _verify_own(self, token: str, header: dict[str, Any]) -> tuple[Principal, int]:
         # RFC 8725 §3.1: the algorithm is ours to choose; the header only has to agree.
         if header.get("alg") != ALGORITHM:
             raise AuthenticationError("token signing algorithm not accepted")
+        key, retired = self._keyring
+        old = retired.get(str(header.get("kid")))
         try:
             claims = jwt.decode(
                 token,
-                self.key.public,
+                key.public if old is None else old.public,
                 algorithms=[ALGORITHM],
                 audience=self.audience,
                 issuer=self.issuer,
@@ -190,32 +262,46 @@ class NodeTokens:
         except jwt.PyJWTError as exc:
             raise decode_error(exc) from None
         principal = _principal_from_claims(claims)
+        issued_at = int(claims["iat"])
         # The token string is the key: any other bytes, even one changed character of the
-        # signature, are verified in full. Only the clock can make this one invalid later.
-        valid_from = max(int(claims["nbf"]), int(claims["iat"])) - self.leeway
+        # signature, are verified in full. Only the clock can make this signature invalid later.
+        valid_from = max(int(claims["nbf"]), issued_at) - self.leeway
         valid_until = int(claims["exp"]) + self.leeway
+        if old is not None:
+            # A retired key verifies only what lives no longer than the tokens it signed could:
+            # one minted later with a leaked copy of it cannot outlast its retirement.
+            if int(claims["exp"]) > old.verifies_until:
+                raise AuthenticationError("token outlives the retired key that signed it")
+            valid_until = min(valid_until, old.verifies_until)
         with self._verified_lock:
-            if len(self._verified) >= VERIFIED_CACHE_SIZE:
-                self._verified.pop(next(iter(self._verified)))
-            self._verified[token] = (principal, valid_from, valid_until)
-        return principal
+            if self._keyring[0] is key:  # a verdict under keys rotated away meanwhile is not kept
+                if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                    self._verified.pop(next(iter(self._verified)))
+                self._verified[token] = (principal, issued_at, valid_from, valid_until)
+        return principal, issued_at
 
-    def cached(self, token: str) -> Principal | None:
-        """The principal of a token of this node's verified before and still valid, else None.
-
-        No I/O and no signature check: callers on an event loop can try it before handing a
-        token to ``verify`` in a worker thread.
-        """
+    def _cached(self, token: str) -> tuple[Principal, int] | None:
+        """A token of this node whose signature and clock were verified before and still hold
+        (its principal and issue time), else None."""
         entry = self._verified.get(token)
         if entry is None:
             return None
-        principal, valid_from, valid_until = entry
+        principal, issued_at, valid_from, valid_until = entry
         now = time.time()
         if valid_from <= now < valid_until:
-            return principal
+            return principal, issued_at
         with self._verified_lock:
             self._verified.pop(token, None)  # verify() says why it no longer passes
         return None
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int]:
+    """What changes when the file is replaced (a rotation renames a new file into place)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return (0, 0, 0)  # made on first use by load_or_create
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def _principal_from_claims(claims: dict[str, Any]) -> Principal:
@@ -249,10 +335,13 @@ _cache_lock = threading.Lock()
 
 
 def tokens_for(settings: NodeSettings, holder: Any) -> NodeTokens:
-    """The NodeTokens cached on `holder` (app.state), built on first use."""
+    """The NodeTokens cached on `holder` (app.state), built on first use (a request, so after
+    start-up opened the archive); its tokens stand only while their accounts do in the index
+    of `holder.archive`."""
     with _cache_lock:
         tokens: NodeTokens | None = getattr(holder, "node_tokens", None)
         if tokens is None:
-            tokens = NodeTokens.from_settings(settings)
+            accounts = TokenHolders(holder.archive.engine)
+            tokens = NodeTokens.from_settings(settings, accounts=accounts)
             holder.node_tokens = tokens
         return tokens

@@ -1,21 +1,37 @@
-"""Local accounts: add, remove, list, and password sign-in against the index database.
+"""Local accounts: add, remove, list, password sign-in, and whether a token's holder stands.
 
-Used by the token endpoint and by `pacsmesh node user`, which runs beside a live node and so
-touches only the index database (never the archive's data-directory lock).
+Used by the token endpoint, by token verification and by `pacsmesh node user`, which runs
+beside a live node and so touches only the index database (never the archive's data-directory
+lock). The database is the one place an account's standing lives: the node looks it up for
+every request, so a change the CLI makes in its own process takes effect on the next request.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Engine, Table, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Table,
+    bindparam,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from node.auth.errors import AuthenticationError
 from node.auth.passwords import hash_password, verify_password
 from node.auth.policy import ROLES, SERVICE_ROLES, PatientBinding
-from node.errors import ConflictError, InvalidRequestError, NotFoundError
+from node.errors import ConflictError, InvalidRequestError, NotFoundError, StorageError
 from node.storage.users_index import NodeUser
 
 USERS: Table = NodeUser.__table__  # type: ignore[attr-defined]
@@ -33,6 +49,12 @@ class Account:
     disabled: bool
     has_password: bool
     created_at: datetime
+
+
+def _tokens_valid_after(now: datetime) -> int:
+    # Token `iat` claims are whole seconds: a token issued in the second an account was enabled
+    # must pass, so the mark is that second's start.
+    return int(now.timestamp())
 
 
 def _account(row: object) -> Account:
@@ -80,6 +102,7 @@ def add_user(
         "patient_mrn": patient.mrn if patient else None,
         "patient_issuer": patient.issuer if patient else None,
         "disabled": False,
+        "tokens_valid_after": _tokens_valid_after(now),
         "created_at": now,
         "updated_at": now,
     }
@@ -101,19 +124,27 @@ def get_user(engine: Engine, username: str) -> Account:
 
 
 def remove_user(engine: Engine, username: str) -> None:
-    """Delete an account; tokens already issued expire on their own (they are short-lived)."""
+    """Delete an account; the node refuses its tokens from the next request on."""
     with engine.begin() as conn:
         if conn.execute(delete(USERS).where(USERS.c.username == username)).rowcount == 0:
             raise NotFoundError("no such user")
 
 
 def set_disabled(engine: Engine, username: str, disabled: bool) -> None:
-    """Disable (or re-enable) sign-in and token issuance for an account."""
+    """Disable (or re-enable) an account: sign-in, token issuance and every token it holds.
+
+    Either way the tokens issued before now stay refused: enabling an account does not revive
+    the tokens it held when it was disabled.
+    """
+    now = datetime.now(UTC)
+    values = {
+        "disabled": disabled,
+        "tokens_valid_after": _tokens_valid_after(now),
+        "updated_at": now,
+    }
     with engine.begin() as conn:
         changed = conn.execute(
-            update(USERS)
-            .where(USERS.c.username == username)
-            .values(disabled=disabled, updated_at=datetime.now(UTC))
+            update(USERS).where(USERS.c.username == username).values(**values)
         ).rowcount
     if changed == 0:
         raise NotFoundError("no such user")
@@ -138,3 +169,66 @@ def authenticate(engine: Engine, username: str, password: str) -> Account | None
     if row is None or not ok or row.disabled:
         return None
     return _account(row)
+
+
+# Built once: constructing the statement cost more than running it.
+_STANDING = select(USERS.c.disabled, USERS.c.tokens_valid_after).where(
+    USERS.c.username == bindparam("username")
+)
+
+
+class TokenHolders:
+    """Check 6 of token verification: does the account a token of this node names still stand?
+
+    One indexed lookup (the unique user name) for every request, so a removal or a disable made
+    by `pacsmesh node user` in another process cuts the account off at once. The lookups share
+    one connection kept for them (a pool checkout costs several times the query); on SQLite,
+    whose file this process reads itself, a lookup takes microseconds (`in_process`), so the
+    event loop may ask without a hand-off to a worker thread.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.in_process = engine.dialect.name == "sqlite"
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, username: str, issued_at: int) -> None:
+        """Refuse (AuthenticationError) a token issued at `issued_at` to `username` when the
+        account was removed, is disabled, or was re-created or re-enabled since."""
+        row = self._standing(username)
+        if row is None:
+            raise AuthenticationError("token revoked: its account no longer exists")
+        if row.disabled:
+            raise AuthenticationError("token revoked: its account is disabled")
+        if issued_at < row.tokens_valid_after:
+            raise AuthenticationError(
+                "token revoked: issued before its account was last enabled or re-created"
+            )
+
+    def close(self) -> None:
+        """Give the kept connection back (before the engine is disposed)."""
+        with self._lock:
+            self._drop()
+
+    def _standing(self, username: str) -> Row[Any] | None:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = self.engine.connect()
+                try:
+                    return self._conn.execute(_STANDING, {"username": username}).first()
+                finally:
+                    self._conn.rollback()  # no snapshot kept: the next lookup sees the newest
+            except SQLAlchemyError:
+                self._drop()  # the next lookup connects afresh
+                # Never a yes without the answer: the request waits for the database (503).
+                raise StorageError(
+                    "accounts cannot be checked now: the index database is unreachable"
+                ) from None
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with suppress(SQLAlchemyError):
+                self._conn.close()
+            self._conn = None

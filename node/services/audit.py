@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import logging
 import re
-import secrets
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
@@ -47,7 +46,8 @@ from ledger.audit_events import (
 )
 from ledger.audit_log import AuditLog
 from ledger.audit_recorder import AuditRecorder
-from node.storage.crypto import create_secret_file
+from node.auth.policy import SERVICE_ROLES, Principal
+from node.storage.crypto import KEY_BYTES, load_or_create_secret
 
 log = logging.getLogger("pacsmesh.audit")
 
@@ -139,6 +139,25 @@ class NodeAudit:
         who = address.lower() if address and _ADDRESS.match(address) else None
         return Actor(who or self.patient_ref(mrn, issuer), ParticipantRole.PATIENT, host)
 
+    def principal_actor(self, principal: Principal, host: str | None) -> Actor:
+        """An authenticated principal as the requesting agent (PS3.15 A.5.2 ActiveParticipant).
+
+        A patient acts as themselves (``patient_actor``) and staff in their role. A service
+        credential (the trainer) is a machine, not a person: DICOM CID 402 names it by the
+        Application role (110150). A role the vocabulary lacks falls back to Source (110153),
+        the requesting process, as an unauthenticated caller is named.
+        """
+        bound = principal.patient
+        if principal.role == "patient" and bound is not None:
+            return self.patient_actor(bound.mrn, bound.issuer, bound.address, host)
+        who = f"user:{token_or_hash(principal.subject)}"
+        if principal.role in SERVICE_ROLES:
+            return Actor(who, ParticipantRole.APPLICATION, host)
+        try:
+            return Actor(who, ParticipantRole(principal.role), host)
+        except ValueError:
+            return Actor(who, ParticipantRole.SOURCE, host)
+
     # -- recording ---------------------------------------------------------------------------
 
     def event(
@@ -180,14 +199,10 @@ class NodeAudit:
 def load_pseudonym_key(path: Path) -> bytes:
     """The node's audit pseudonym key (32 random bytes, created on first use, mode 0600).
 
-    It must never change: pseudonyms made under another key no longer link a patient's events.
+    It must never change: pseudonyms made under another key no longer link a patient's events,
+    so a file of any other length (an edit, a stray newline) is refused rather than used.
     """
-    if path.exists():
-        key = path.read_bytes()
-        if len(key) != 32:
-            raise ValueError(f"the audit pseudonym key {path} is not 32 bytes")
-        return key
-    return create_secret_file(path, secrets.token_bytes(32))
+    return load_or_create_secret(path, "audit pseudonym key", max_bytes=KEY_BYTES)
 
 
 def fhir_entities(

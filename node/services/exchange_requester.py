@@ -30,7 +30,7 @@ import httpx
 from anyio import to_thread
 
 from ledger.anchor import AuditAnchorClient
-from ledger.audit_events import Outcome, ParticipantRole
+from ledger.audit_events import Outcome
 from ledger.audit_transfers import requester_event
 from ledger.consent import Purpose, study_hash
 from ledger.consortium import Member
@@ -39,7 +39,7 @@ from node.dicom.multipart import related_boundary
 from node.errors import InvalidRequestError, NotFoundError
 from node.ledger_link import LedgerLink
 from node.services.archive import Archive
-from node.services.audit import Actor, NodeAudit, token_or_hash
+from node.services.audit import Actor, NodeAudit
 from node.services.consent_decisions import ConsentDecisions, Decision
 from node.services.consent_errors import ledger_errors
 from node.services.exchange import (
@@ -123,15 +123,6 @@ class RetrieveRequest:
     source: str  # the owner's member account, lower case
     purpose: Purpose
     break_glass_reason: int | None
-
-
-def user_actor(principal: Principal, host: str | None) -> Actor:
-    """The signed-in user as the requesting agent of an event."""
-    try:
-        role = ParticipantRole(principal.role)
-    except ValueError:
-        role = ParticipantRole.SOURCE
-    return Actor(f"user:{token_or_hash(principal.subject)}", role, host)
 
 
 def resolve_patient(archive: Archive, value: str) -> str:
@@ -271,7 +262,7 @@ class ExchangeRequester:
             consent_ref=decision.consent_ref,
             break_glass_tx=decision.tx_hash if decision.break_glass else None,
             access_tx=access_tx,
-            user=user_actor(principal, host),
+            user=self.audit.principal_actor(principal, host),
         )
         return await self._pull(transfer)
 

@@ -27,7 +27,6 @@ only, so a WADO request costs one consent check, not one per linked study.
 
 from __future__ import annotations
 
-import secrets
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -51,7 +50,7 @@ from node.services.query import Query, SearchScope
 from node.services.query_keys import MatchKind, uid_is_valid
 from node.services.store import declares_burned_in
 from node.storage import records
-from node.storage.crypto import create_secret_file
+from node.storage.crypto import load_or_create_secret
 from node.storage.records import InstanceRow
 
 # Modalities whose images often carry patient text in their pixels (ultrasound, secondary
@@ -67,12 +66,7 @@ def load_uid_key(path: Path) -> bytes:
     It must not change while a consortium trains: labels and caches are keyed by the UIDs it
     produces (`pacsmesh node training labels`).
     """
-    if path.exists():
-        key = path.read_bytes()
-        if len(key) < 16:
-            raise ValueError(f"the training UID key {path} is shorter than 16 bytes")
-        return key
-    return create_secret_file(path, secrets.token_bytes(32))
+    return load_or_create_secret(path, "training UID key", min_bytes=16)
 
 
 def refusal(header: Dataset) -> str | None:

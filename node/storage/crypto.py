@@ -81,34 +81,40 @@ def decode_key(raw: str, where: str) -> bytes:
 
 
 def write_key_file(path: Path, key: bytes) -> None:
-    """Create a KEK file atomically with mode 0600 (never briefly world-readable)."""
+    """Write a KEK file atomically with mode 0600 (never briefly world-readable)."""
+    replace_secret_file(path, base64.b64encode(key) + b"\n")
+
+
+# --- node secrets: private files, written whole or not at all ----------------------------------
+# Each is written to a temporary file beside its place (mode 0600 from its creation, in a 0700
+# folder when the folder is new), fsynced, then moved into place and the folder fsynced: a
+# reader never sees half a file or a briefly readable one, and after a crash either the old
+# file or the new one is there.
+
+
+def _private_temp(path: Path, data: bytes) -> Path:
+    """`data` in a new, fsynced, owner-only file beside `path`; the caller moves it."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + f".{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, base64.b64encode(key) + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def create_secret_file(path: Path, data: bytes) -> bytes:
     """Create a node secret once (a signing key, a pseudonym key) and return what the file holds.
 
-    Written with mode 0600 in a 0700 folder and fsynced, then hard-linked into place: never
-    seen half-written, never briefly readable by others, and never replacing a secret another
-    process created meanwhile (theirs wins, and both then use it).
+    Hard-linked into place, so it never replaces a secret another process created meanwhile
+    (theirs wins, and both then use it).
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    tmp = _private_temp(path, data)
     try:
         os.link(tmp, path)
         fsync_dir(path.parent)
@@ -117,6 +123,35 @@ def create_secret_file(path: Path, data: bytes) -> bytes:
     finally:
         tmp.unlink()
     return data
+
+
+def replace_secret_file(path: Path, data: bytes) -> None:
+    """Write a private file, replacing what it held (a token a job renews, a key, a CSV of
+    de-identified labels): a reader sees the old content or the new one."""
+    tmp = _private_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def load_or_create_secret(
+    path: Path, what: str, min_bytes: int = KEY_BYTES, max_bytes: int | None = None
+) -> bytes:
+    """The random secret in `path` (`what` names it in errors), made on first use (KEY_BYTES).
+
+    ValueError when the file holds fewer than `min_bytes` or more than `max_bytes` bytes.
+    """
+    if not path.exists():
+        return create_secret_file(path, new_key())
+    secret = path.read_bytes()
+    if len(secret) < min_bytes:
+        raise ValueError(f"the {what} {path} is shorter than {min_bytes} bytes")
+    if max_bytes is not None and len(secret) > max_bytes:
+        raise ValueError(f"the {what} {path} is longer than {max_bytes} bytes")
+    return secret
 
 
 def fsync_dir(path: Path) -> None:

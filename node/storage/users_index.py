@@ -3,6 +3,11 @@
 Passwords are stored only as scrypt hashes (`node.auth.passwords`); an account without one
 (a service account) can only receive tokens from `pacsmesh node user token`. A patient account
 names the patient (MRN and its issuer) its tokens are bound to.
+
+`tokens_valid_after` (whole seconds since the epoch) is when the account was created or last
+enabled or disabled: the node refuses its tokens issued before then, so a token from before a
+disable stays dead after the account is enabled again, and a removed account's tokens do not
+come back with a new account of the same name.
 """
 
 from __future__ import annotations
@@ -28,5 +33,6 @@ class NodeUser(SQLModel, table=True):
     patient_mrn: str | None = Field(default=None, max_length=64)
     patient_issuer: str | None = Field(default=None, max_length=64)
     disabled: bool = Field(default=False)
+    tokens_valid_after: int = Field(default=0)
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)

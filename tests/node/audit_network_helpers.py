@@ -35,11 +35,11 @@ from ledger.audit_events import (
 )
 from ledger.pki import cert_pem, create_ca, make_csr, new_key, sign_csr, write_private_key
 from node.app import create_app
-from node.auth.tokens import NodeTokens
 from node.ledger_link import LedgerLink
 from node.services.archive import Archive
 from node.services.audit import NodeAudit
 from node.settings import NodeSettings
+from tests.node.authhelpers import account_token
 
 keystore.DEFAULT_SCRYPT_N = 2**10  # fast key files in tests only
 CA_PASSPHRASE = b"correct horse battery staple"
@@ -90,8 +90,7 @@ class MemberNode:
 
     def auditor_token(self) -> str:
         """A token this node signs for a local auditor."""
-        tokens = NodeTokens.from_settings(self.settings)
-        return tokens.issue(subject="auditor-1", role="auditor", ttl_seconds=3600).access_token
+        return account_token(self.settings, "auditor-1", "auditor", 3600).access_token
 
     def record(self, event: AuditEvent) -> int:
         """Record an event in the node's audit log; its leaf index."""

@@ -1,4 +1,5 @@
-"""Helpers for the auth tests: a uvicorn server in a thread, hand-made (hostile) tokens."""
+"""Helpers for the auth tests: a uvicorn server in a thread, hand-made (hostile) tokens, and
+tokens for accounts (the node refuses a token whose account does not stand)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,38 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from node.errors import NodeError
+from node.auth.policy import PatientBinding, Scope
+from node.auth.tokens import IssuedToken, NodeTokens
+from node.auth.users import add_user, get_user
+from node.errors import NodeError, NotFoundError
+from node.settings import NodeSettings
+from node.storage.db import open_index
 from tests.node.conftest import free_port
+
+
+def account_token(
+    settings: NodeSettings,
+    subject: str,
+    role: str,
+    ttl_seconds: int = 600,
+    *,
+    scopes: tuple[Scope, ...] | None = None,
+    patient: PatientBinding | None = None,
+    now: float | None = None,
+) -> IssuedToken:
+    """A token the node signs for `subject`, whose account is created first if it has none
+    (as `pacsmesh node user add` + `token` would; the account's role is `role`)."""
+    engine = open_index(settings.index_url)
+    try:
+        try:
+            get_user(engine, subject)
+        except NotFoundError:
+            add_user(engine, subject, role, patient=patient if role == "patient" else None)
+    finally:
+        engine.dispose()
+    return NodeTokens.from_settings(settings).issue(
+        subject=subject, role=role, ttl_seconds=ttl_seconds, scopes=scopes, patient=patient, now=now
+    )
 
 
 def b64url(data: bytes) -> str:

@@ -42,7 +42,6 @@ from ledger.pki import (
     write_private_key,
 )
 from node.app import create_app
-from node.auth.tokens import NodeTokens
 from node.fhir.patients import PATIENT_T
 from node.ledger_link import LedgerLink
 from node.services.archive import Archive
@@ -53,6 +52,7 @@ from node.settings import NodeSettings
 from node.tls.contexts import client_context, server_context
 from node.tls.uvicorn_mtls import MtlsH11Protocol
 from tests.ledger.conftest import Anvil, free_port
+from tests.node.authhelpers import account_token
 from tests.node.consent_helpers import signed_grant
 from tests.node.factories import make_ct, to_bytes
 from tests.node.opshelpers import CuttingProxy
@@ -100,9 +100,7 @@ class ServedNode:
         return self.ledger.account.lower()
 
     def token(self, role: str, subject: str | None = None) -> dict[str, str]:
-        issued = NodeTokens.from_settings(self.settings).issue(
-            subject=subject or f"{role}-{self.name}", role=role, ttl_seconds=900
-        )
+        issued = account_token(self.settings, subject or f"{role}-{self.name}", role, 900)
         return {"Authorization": f"Bearer {issued.access_token}"}
 
     def audit_events(self) -> list[Any]:

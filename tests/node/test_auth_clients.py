@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from node.auth.policy import parse_scopes
-from node.auth.tokens import NodeTokens
 from node.settings import load_settings
 from tests.conftest import REPO_ROOT, SHARED_DATA
+from tests.node.authhelpers import account_token
 from tests.node.conftest import RunningNode, start_node
 
 ISSUER = "https://pacs.hospital-a.test"
@@ -29,9 +29,9 @@ def auth_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]
 
 
 def _token(node: RunningNode, role: str, scope: str | None = None) -> str:
-    tokens = NodeTokens.from_settings(load_settings(data_dir=node.data_dir, token_issuer=ISSUER))
+    settings = load_settings(data_dir=node.data_dir, token_issuer=ISSUER)
     scopes = parse_scopes(scope) if scope else None
-    return tokens.issue(subject="t", role=role, ttl_seconds=300, scopes=scopes).access_token
+    return account_token(settings, f"{role}-t", role, 300, scopes=scopes).access_token
 
 
 def _pacsmesh(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:

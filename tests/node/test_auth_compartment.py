@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from node.auth.policy import PatientBinding
-from node.auth.tokens import NodeTokens
 from node.fhir.orders import order_id
+from node.settings import NodeSettings
+from tests.node.authhelpers import account_token
 from tests.node.factories import make_ct
 from tests.node.fhir_helpers import FhirNode, serve_node
 
@@ -34,23 +35,19 @@ class World:
     node: FhirNode
     alice: Chart
     bob: Chart
-    tokens: NodeTokens
+    settings: NodeSettings
 
     def as_patient(self, mrn: str, issuer: str = "HOSP") -> dict[str, str]:
-        issued = self.tokens.issue(
-            subject=f"p-{mrn}",
-            role="patient",
-            ttl_seconds=300,
-            patient=PatientBinding(mrn, issuer),
-        )
+        binding = PatientBinding(mrn, issuer)
+        issued = account_token(self.settings, f"p-{mrn}", "patient", 300, patient=binding)
         return {"Authorization": f"Bearer {issued.access_token}"}
 
     def as_staff(self, role: str) -> dict[str, str]:
-        issued = self.tokens.issue(subject=role, role=role, ttl_seconds=300)
+        issued = account_token(self.settings, role, role, 300)
         return {"Authorization": f"Bearer {issued.access_token}"}
 
 
-def _chart(node: FhirNode, tokens: NodeTokens, mrn: str, seed: int) -> Chart:
+def _chart(node: FhirNode, mrn: str, seed: int) -> Chart:
     key = node.add_patient(mrn=mrn, issuer="HOSP", name=f"Test^{mrn}", sex="F")
     ds = make_ct(patient_id=mrn, seed=seed)
     node.stow([ds])
@@ -84,13 +81,13 @@ def _chart(node: FhirNode, tokens: NodeTokens, mrn: str, seed: int) -> Chart:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with serve_node(tmp_path_factory.mktemp("compartment") / "node", auth_enabled=True) as node:
-        tokens = NodeTokens.from_settings(node.archive.settings)
-        admin = tokens.issue(subject="root", role="admin", ttl_seconds=600)
+        settings = node.archive.settings
+        admin = account_token(settings, "root", "admin", 600)
         node.headers = {"Authorization": f"Bearer {admin.access_token}"}
-        alice = _chart(node, tokens, "MRN-ALICE", 1)
-        bob = _chart(node, tokens, "MRN-BOB", 2)
+        alice = _chart(node, "MRN-ALICE", 1)
+        bob = _chart(node, "MRN-BOB", 2)
         node.headers = {}
-        yield World(node, alice, bob, tokens)
+        yield World(node, alice, bob, settings)
 
 
 def _ids(node: FhirNode, path: str, headers: dict[str, str]) -> list[str]:

@@ -12,10 +12,9 @@ import pytest
 from pydantic import ValidationError
 
 from node.app import create_app
-from node.auth.tokens import NodeTokens
 from node.settings import NodeSettings, load_settings
 from tests.conftest import REPO_ROOT
-from tests.node.authhelpers import serve_in_thread
+from tests.node.authhelpers import account_token, serve_in_thread
 from tests.node.conftest import free_port, start_node
 
 
@@ -29,9 +28,7 @@ def test_a_node_enforces_tokens_without_being_told_to(
         r = httpx.get(f"{url}/dicom-web/studies", timeout=30)
         assert r.status_code == 401
         assert r.headers["www-authenticate"] == 'Bearer realm="pacsmesh"'
-        token = NodeTokens.from_settings(settings).issue(
-            subject="alice", role="clinician", ttl_seconds=60
-        )
+        token = account_token(settings, "alice", "clinician", 60)
         authorized = {"Authorization": f"Bearer {token.access_token}"}
         # An empty archive: 204 (PS3.18 §8.3.4.3), not a refusal.
         assert httpx.get(f"{url}/dicom-web/studies", headers=authorized).status_code == 204

@@ -4,7 +4,8 @@ The routes come from the FastAPI app itself, so a route added without an entry h
 test; the expectations are written out below, independently of the middleware's rule table.
 Allowed means the request got past authorization (not 401/403, and no server error: the
 handler answered, often 400/404/415 for these empty requests). Denied means 401 with a Bearer
-challenge without a (valid) token, and 403 with a token that lacks the rights.
+challenge without a (valid) token, a token whose account was removed or disabled after it was
+issued included, and 403 with a token that lacks the rights.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import pytest
 from fastapi import FastAPI
 
 from node.auth.policy import PatientBinding, parse_scopes
-from node.auth.tokens import NodeTokens
+from node.auth.users import remove_user, set_disabled
+from tests.node.authhelpers import account_token
 from tests.node.fhir_helpers import FhirNode, serve_node
 
 STAFF = frozenset({"clinician", "radiologist", "admin"})
@@ -38,7 +40,16 @@ PRINCIPALS = (
     TRAINER,
     "no token",
     "expired token",
+    "removed account",
+    "disabled account",
 )
+# Refused with 401 whatever the route, and the challenge says why.
+UNAUTHENTICATED = {
+    "no token": "",
+    "expired token": "token expired",
+    "removed account": "token revoked: its account no longer exists",
+    "disabled account": "token revoked: its account is disabled",
+}
 EVERYONE = frozenset(PRINCIPALS)
 NOBODY: frozenset[str] = frozenset()
 
@@ -167,34 +178,32 @@ class Matrix:
         self.node = node
         self.routes = app_routes(app)
         settings = node.archive.settings
-        tokens = NodeTokens.from_settings(settings)
         ttl = 600
         self.headers: dict[str, dict[str, str]] = {"no token": {}}
         for role in ("clinician", "radiologist", "auditor", "admin"):
-            self.headers[role] = _bearer(tokens.issue(subject=role, role=role, ttl_seconds=ttl))
+            self.headers[role] = _bearer(account_token(settings, role, role, ttl))
         self.headers["patient"] = _bearer(
-            tokens.issue(
-                subject="p1",
-                role="patient",
-                ttl_seconds=ttl,
-                patient=PatientBinding("MRN-MATRIX", "HOSP"),
+            account_token(
+                settings, "p1", "patient", ttl, patient=PatientBinding("MRN-MATRIX", "HOSP")
             )
         )
         for name, scope in (
             (DEVICE, "system/ImagingStudy.write"),
             (READER, "system/ImagingStudy.read"),
         ):
-            issued = tokens.issue(
-                subject=name, role="admin", ttl_seconds=ttl, scopes=parse_scopes(scope)
-            )
+            issued = account_token(settings, name, "admin", ttl, scopes=parse_scopes(scope))
             self.headers[name] = _bearer(issued)
-        self.headers[TRAINER] = _bearer(
-            tokens.issue(subject=TRAINER, role="trainer", ttl_seconds=ttl)
-        )
-        expired = tokens.issue(
-            subject="clinician", role="clinician", ttl_seconds=60, now=time.time() - 3600
-        )
+        self.headers[TRAINER] = _bearer(account_token(settings, TRAINER, "trainer", ttl))
+        expired = account_token(settings, "clinician", "clinician", 60, now=time.time() - 3600)
         self.headers["expired token"] = _bearer(expired)
+        # Admins whose accounts were removed or disabled after their tokens were issued.
+        engine = node.archive.engine
+        for principal, account, cut_off in (
+            ("removed account", "gone", remove_user),
+            ("disabled account", "barred", lambda e, name: set_disabled(e, name, True)),
+        ):
+            self.headers[principal] = _bearer(account_token(settings, account, "admin", ttl))
+            cut_off(engine, account)
 
 
 def _bearer(issued: Any) -> dict[str, str]:
@@ -233,12 +242,13 @@ def test_route_by_role(matrix: Matrix, principal: str) -> None:
                 # answers "unavailable" once authorization has let the caller through).
                 if r.status_code in (401, 403) or (r.status_code >= 500 and r.status_code != 503):
                     wrong.append(f"should pass authorization, got {got}")
-            elif principal in ("no token", "expired token"):
+            elif principal in UNAUTHENTICATED:
                 challenge = r.headers.get("www-authenticate", "")
                 if r.status_code != 401 or not challenge.startswith("Bearer"):
                     wrong.append(f"should be 401 with a Bearer challenge, got {got}")
-                elif principal == "expired token" and "token expired" not in challenge:
-                    wrong.append(f"should say the token expired, got {got} ({challenge})")
+                elif UNAUTHENTICATED[principal] not in challenge:
+                    reason = UNAUTHENTICATED[principal]
+                    wrong.append(f"should say {reason!r}, got {got} ({challenge})")
             elif r.status_code != 403:
                 wrong.append(f"should be 403, got {got}")
             elif template.startswith("/fhir/") and r.json().get("resourceType") != (
@@ -269,8 +279,7 @@ def test_every_role_gets_somewhere_and_none_gets_everywhere(matrix: Matrix) -> N
 def test_a_route_missing_from_the_rule_table_is_closed(tmp_path: Path) -> None:
     """Default deny for routes added later: a new route with no rule refuses every token."""
     with serve_node(tmp_path / "node", auth_enabled=True) as node:
-        tokens = NodeTokens.from_settings(node.archive.settings)
-        admin = _bearer(tokens.issue(subject="root", role="admin", ttl_seconds=60))
+        admin = _bearer(account_token(node.archive.settings, "root", "admin", 60))
         # A path no rule names stays closed, even to an admin, even under /network.
         r = httpx.get(f"{node.url}/network/members", headers=admin, timeout=30)
         assert r.status_code == 403

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -17,7 +19,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
+from ledger.audit_log import AuditLog
 from node.auth.tokens import NodeTokens
+from node.services.audit import AUDIT_DB_FILE
 from node.settings import load_settings
 from node.storage.db import alembic_config, create_index_engine, open_index
 from tests.conftest import REPO_ROOT
@@ -32,16 +36,12 @@ ENV = {"NODE_AUTH_ENABLED": "true", "NODE_TOKEN_ISSUER": ISSUER}
 
 def cli(node: RunningNode, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     """`pacsmesh node user ...` in its own process, beside the running node."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "node.cli",
-        "node",
-        "user",
-        *args,
-        "--data-dir",
-        str(node.data_dir),
-    ]
+    return node_cli(node, "user", *args, stdin=stdin)
+
+
+def node_cli(node: RunningNode, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """`pacsmesh node ...` in its own process, beside the running node."""
+    cmd = [sys.executable, "-m", "node.cli", "node", *args, "--data-dir", str(node.data_dir)]
     if node.database_url:
         cmd += ["--database-url", node.database_url]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **ENV}
@@ -59,6 +59,13 @@ def login(node: RunningNode, username: str, password: str, **extra: str) -> http
     return httpx.post(f"{node.url}/auth/token", data=form, timeout=30)
 
 
+def sign_in(node: RunningNode, username: str, role: str) -> httpx.Response:
+    """Add an account with a password, then sign in with it: the token endpoint's answer."""
+    added = cli(node, "add", username, "--role", role, "--password-stdin", stdin=PASSWORD)
+    assert added.returncode == 0, added.stderr
+    return login(node, username, PASSWORD)
+
+
 @pytest.fixture
 def auth_node(database_url: str, tmp_path: Path) -> Iterator[RunningNode]:
     """A node with auth enabled, over SQLite and PostgreSQL."""
@@ -71,10 +78,7 @@ def test_dicomweb_is_closed_without_a_token_and_open_to_a_clinician(
     auth_node: RunningNode,
 ) -> None:
     node = auth_node
-    added = cli(node, "add", "alice", "--role", "clinician", "--password-stdin", stdin=PASSWORD)
-    assert added.returncode == 0, added.stderr
-
-    r = login(node, "alice", PASSWORD)
+    r = sign_in(node, "alice", "clinician")
     assert r.status_code == 200, r.text
     assert r.headers["cache-control"] == "no-store"
     grant = r.json()
@@ -185,6 +189,93 @@ def test_expired_and_foreign_tokens_are_refused_by_the_node(
             timeout=30,
         )
         assert r.status_code == 403
+    finally:
+        node.stop()
+
+
+def test_removing_or_disabling_an_account_cuts_its_tokens_off_at_once(
+    auth_node: RunningNode,
+) -> None:
+    node = auth_node
+    # A signed-in clinician, and a token-only service account with a token the CLI printed.
+    assert cli(node, "add", "svc", "--role", "admin").returncode == 0
+    svc = cli_token(node, "svc", "--ttl", "8h")
+    granted = sign_in(node, "alice", "clinician")
+    assert granted.status_code == 200, granted.text
+    alice = {"Authorization": f"Bearer {granted.json()['access_token']}"}
+
+    def qido(headers: dict[str, str]) -> httpx.Response:
+        return httpx.get(f"{node.dicomweb}/studies", headers=headers, timeout=30)
+
+    def refused(headers: dict[str, str], reason: str) -> None:
+        r = qido(headers)
+        assert r.status_code == 401 and r.json() == {"error": reason}
+        assert f'error_description="{reason}"' in r.headers["www-authenticate"]
+
+    for headers in (alice, svc):
+        assert qido(headers).status_code == 204  # let through: no studies yet
+    # Tokens carry their issue time in whole seconds: what follows happens in a later second.
+    issued = time.time()
+    while int(time.time()) == int(issued):
+        time.sleep(0.05)
+    # The CLI changes the accounts in its own process; the node's next request sees it.
+    assert cli(node, "disable", "alice").returncode == 0
+    assert cli(node, "remove", "svc").returncode == 0
+    refused(alice, "token revoked: its account is disabled")
+    refused(svc, "token revoked: its account no longer exists")
+    # Enabled again: tokens issued before stay dead, a new sign-in works.
+    assert cli(node, "enable", "alice").returncode == 0
+    before = "token revoked: issued before its account was last enabled or re-created"
+    refused(alice, before)
+    fresh = login(node, "alice", PASSWORD).json()["access_token"]
+    assert qido({"Authorization": f"Bearer {fresh}"}).status_code == 204
+    # A new account under a removed one's name does not revive the old account's tokens.
+    assert cli(node, "add", "svc", "--role", "admin").returncode == 0
+    refused(svc, before)
+
+    # Each refusal is in the audit trail as a failed request by nobody authenticated.
+    node.stop()
+    log = AuditLog.open(node.data_dir / AUDIT_DB_FILE)
+    try:
+        events = [json.loads(log.entry(i)) for i in range(log.size())]
+    finally:
+        log.close()
+    queries = [e for e in events if e["event_type"] == "110112"]
+    assert [(q["agents"][0]["who"], q["outcome"]) for q in queries] == [
+        ("user:alice", 0),
+        ("user:svc", 0),
+        ("anonymous", 4),
+        ("anonymous", 4),
+        ("anonymous", 4),
+        ("user:alice", 0),
+        ("anonymous", 4),
+    ]
+
+
+def test_the_signing_key_rotates_beside_a_live_node(tmp_path: Path) -> None:
+    node = start_node(tmp_path / "node", env=ENV)
+    try:
+        granted = sign_in(node, "alice", "clinician")
+        assert granted.status_code == 200, granted.text
+        before = {"Authorization": f"Bearer {granted.json()['access_token']}"}
+        old_kid = jwt.get_unverified_header(granted.json()["access_token"])["kid"]
+
+        rotated = node_cli(node, "signing-key", "rotate")
+        assert rotated.returncode == 0, rotated.stderr
+        report = json.loads(rotated.stdout)
+        assert report["retired_kid"] == old_kid != report["kid"]
+
+        # The node takes the new key up by itself: its next sign-in is signed with it, the
+        # CLI's tokens verify, and a token the old key signed goes on working until it expires.
+        fresh = login(node, "alice", PASSWORD).json()["access_token"]
+        assert jwt.get_unverified_header(fresh)["kid"] == report["kid"]
+        for headers in (before, {"Authorization": f"Bearer {fresh}"}, cli_token(node, "alice")):
+            r = httpx.get(f"{node.dicomweb}/studies", headers=headers, timeout=30)
+            assert r.status_code == 204
+        jwks = httpx.get(f"{node.url}/auth/jwks.json", timeout=30).json()
+        assert [k["kid"] for k in jwks["keys"]] == [report["kid"], old_kid]
+        retired = node.data_dir / "keys" / "token-signing-retired.json"
+        assert b"PRIVATE" not in retired.read_bytes()
     finally:
         node.stop()
 

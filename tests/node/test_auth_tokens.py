@@ -12,6 +12,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
+from sqlalchemy import create_engine
 
 from node.auth import signing_key
 from node.auth.deps import CurrentPrincipal, require_scope
@@ -260,7 +261,7 @@ def test_tokens_for_caches_per_app(tmp_path: Path) -> None:
     from node.settings import load_settings
 
     settings = load_settings(data_dir=tmp_path, port=9999)
-    holder = SimpleNamespace()
+    holder = SimpleNamespace(archive=SimpleNamespace(engine=create_engine("sqlite://")))
     first = tokens_for(settings, holder)
     assert tokens_for(settings, holder) is first
     assert first.issuer == "http://127.0.0.1:9999" == first.audience
@@ -301,3 +302,59 @@ def test_a_token_accepted_before_is_refused_once_expired_and_any_edit_is_verifie
             time.sleep(0.2)
         r = ask(issued.access_token)
         assert r.status_code == 401 and r.json() == {"error": "token expired"}
+
+
+def test_an_unreachable_account_database_answers_503_never_a_yes(tokens: NodeTokens) -> None:
+    from node.auth.users import TokenHolders
+    from node.errors import StorageError
+
+    # Nothing listens on port 1: the account behind a well-signed token cannot be looked up.
+    engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")
+    checked = NodeTokens(
+        tokens.key,
+        issuer=ISSUER,
+        audience=ISSUER,
+        accounts=TokenHolders(engine),
+    )
+    token = checked.issue(subject="alice", role="clinician", ttl_seconds=60).access_token
+    with pytest.raises(StorageError, match="index database is unreachable") as refused:
+        checked.verify(token)
+    assert refused.value.http_status == 503
+    engine.dispose()
+
+
+def test_a_rotated_key_signs_anew_and_the_old_one_verifies_only_what_it_signed(
+    tmp_path: Path,
+) -> None:
+    from node.settings import load_settings
+
+    settings = load_settings(data_dir=tmp_path, token_issuer=ISSUER)
+    path, lifetime = signing_key.key_path(settings), signing_key.token_lifetime(settings)
+    serving = NodeTokens.from_settings(settings)  # the node process, built before the rotation
+    old_key = serving.key
+    before = serving.issue(subject="alice", role="clinician", ttl_seconds=600).access_token
+    assert serving.verify(before).subject == "alice"
+
+    # Another process (`node signing-key rotate`) replaces the key on disk.
+    new_key, retired = signing_key.rotate(path, lifetime)
+    assert retired.kid == old_key.kid != new_key.kid
+    cli = NodeTokens.from_settings(settings)
+    after = cli.issue(subject="bob", role="clinician", ttl_seconds=60)
+    assert serving.verify(after.access_token).subject == "bob"
+    assert serving.verify(before).subject == "alice"  # signed by the retired key, still alive
+    signed_now = serving.issue(subject="carol", role="clinician", ttl_seconds=60).access_token
+    assert jwt.get_unverified_header(signed_now)["kid"] == new_key.kid
+    assert [k["kid"] for k in serving.jwks()["keys"]] == [new_key.kid, old_key.kid]
+
+    # A leaked copy of the retired key cannot mint a token that outlives its retirement.
+    leaked = NodeTokens(old_key, issuer=ISSUER, audience=ISSUER)
+    forged = leaked.issue(subject="mallory", role="admin", ttl_seconds=lifetime + 3600)
+    with pytest.raises(AuthenticationError, match="outlives the retired key"):
+        serving.verify(forged.access_token)
+
+    # Once its tokens have all expired a retired key is forgotten (here: a lifetime of 0).
+    newest, _ = signing_key.rotate(path, 0)
+    with pytest.raises(AuthenticationError, match="token signature does not verify"):
+        serving.verify(after.access_token)
+    assert serving.verify(before).subject == "alice"
+    assert [k["kid"] for k in serving.jwks()["keys"]] == [newest.kid, old_key.kid]

@@ -16,8 +16,8 @@ from eth_account.signers.local import LocalAccount
 from ledger.consent import Purpose
 from node.api.fhir.consent import CONSENT_ROUTE_RULES
 from node.auth.policy import PatientBinding
-from node.auth.tokens import tokens_for
 from node.services.patient_links import sign_link
+from tests.node.authhelpers import account_token
 from tests.node.consent_helpers import (
     HOSPITAL_A,
     ConsentNode,
@@ -41,11 +41,9 @@ class World:
 
     def token(self, role: str, mrn: str | None = None) -> str:
         assert self.node.app is not None
-        tokens = tokens_for(self.node.app.state.settings, self.node.app.state)
+        settings = self.node.app.state.settings
         patient = PatientBinding(mrn, ISSUER) if mrn else None
-        return tokens.issue(
-            subject=f"{role}-1", role=role, ttl_seconds=600, patient=patient
-        ).access_token
+        return account_token(settings, f"{role}-1", role, 600, patient=patient).access_token
 
     def call(self, method: str, path: str, token: str | None, body: Any = None) -> httpx.Response:
         headers = {"Content-Type": "application/fhir+json"}

@@ -25,7 +25,9 @@ from node.storage.crypto import (
     EncryptingWriter,
     blob_aad,
     create_secret_file,
+    load_or_create_secret,
     new_key,
+    replace_secret_file,
 )
 from tests.conftest import REPO_ROOT
 from tests.node.factories import make_ct, to_bytes
@@ -230,3 +232,28 @@ def test_a_secret_file_is_created_once_private_and_never_replaced(tmp_path: Path
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert [p.name for p in path.parent.iterdir()] == ["secret.key"]  # no temp file left
+
+
+def test_a_private_file_is_replaced_whole_and_stays_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "training.token"
+    path.parent.mkdir()
+    path.write_text("old token\n")
+    path.chmod(0o644)
+    replace_secret_file(path, b"new token\n")
+    assert path.read_bytes() == b"new token\n"
+    # The file is a new one, owner-only from its creation, whatever the old one's mode was.
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["training.token"]
+
+
+def test_a_random_secret_is_made_once_and_a_damaged_one_refused(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "pseudonym.key"
+    first = load_or_create_secret(path, "audit pseudonym key", max_bytes=32)
+    assert len(first) == 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_secret(path, "audit pseudonym key", max_bytes=32) == first
+    path.write_bytes(first + b"\n")  # an edit: pseudonyms under it would no longer link
+    with pytest.raises(ValueError, match=r"audit pseudonym key .* is longer than 32 bytes"):
+        load_or_create_secret(path, "audit pseudonym key", max_bytes=32)
+    path.write_bytes(first[:8])
+    with pytest.raises(ValueError, match="is shorter than 32 bytes"):
+        load_or_create_secret(path, "audit pseudonym key", max_bytes=32)

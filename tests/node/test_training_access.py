@@ -32,6 +32,7 @@ from node.services.deid_table import annex_e_table
 from node.storage import records
 from tests.conftest import SHARED_DATA
 from tests.node.audit_helpers import audit_search, leaf_event
+from tests.node.authhelpers import account_token
 from tests.node.consent_helpers import serve_consent_node
 from tests.node.factories import ANNEX_E_ORIGINALS, annex_e_dataset, make_ct
 from tests.node.training_helpers import ISSUER, TrainingSite, bearer, parse, training_site
@@ -442,11 +443,8 @@ def test_an_older_instance_is_judged_by_its_header_and_then_by_the_index(
 
 
 def test_without_a_ledger_the_credential_gets_503_saying_why(tmp_path: Path) -> None:
-    from node.auth.tokens import NodeTokens
-
     with serve_consent_node(tmp_path / "node", auth_enabled=True) as node:
-        tokens = NodeTokens.from_settings(node.archive.settings)
-        trainer = bearer(tokens.issue(subject="t", role="trainer", ttl_seconds=60).access_token)
+        trainer = bearer(account_token(node.archive.settings, "t", "trainer", 60).access_token)
         r = httpx.get(f"{node.url}/dicom-web/studies", headers=trainer, timeout=60)
         assert r.status_code == 503
         assert "AI-training consent cannot be checked" in r.json()["error"]

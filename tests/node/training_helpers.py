@@ -21,10 +21,10 @@ from eth_account.signers.local import LocalAccount
 from pydicom.dataset import Dataset
 
 from ledger.consent import ALL_MEMBERS, Purpose
-from node.auth.tokens import NodeTokens
 from node.services.deid import UidMapper
 from node.services.patient_links import sign_link
 from node.services.training import load_uid_key
+from tests.node.authhelpers import account_token
 from tests.node.consent_helpers import (
     HOSPITAL_A,
     ConsentNode,
@@ -126,8 +126,8 @@ def training_site(data_dir: Path, **settings: Any) -> Iterator[TrainingSite]:
     """A node on the embedded chain (founding member hosp-a) with auth on."""
     consortium = make_consortium(data_dir / "ledger")
     with serve_consent_node(data_dir, consortium, auth_enabled=True, **settings) as node:
-        tokens = NodeTokens.from_settings(node.archive.settings)
-        admin = bearer(tokens.issue(subject="root", role="admin", ttl_seconds=3600).access_token)
-        trainer = tokens.issue(subject="trainer-1", role="trainer", ttl_seconds=3600)
+        settings = node.archive.settings
+        admin = bearer(account_token(settings, "root", "admin", 3600).access_token)
+        trainer = account_token(settings, "trainer-1", "trainer", 3600)
         node.headers = admin
         yield TrainingSite(node, admin, bearer(trainer.access_token))
