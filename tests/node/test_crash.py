@@ -63,9 +63,10 @@ def _small(rng: random.Random, study: str, series: str, ds: Dataset) -> Sample:
 
 
 def _large(
-    rng: random.Random, study: str, series: str, _base: Dataset, frames: int | None = None
+    rng: random.Random, study: str, series: str, base: Dataset, frames: int | None = None
 ) -> Sample:
-    """A multi-frame image of a few MiB: several encryption segments, so kills land mid-blob."""
+    """A multi-frame image of a few MiB: several encryption segments, so kills land mid-blob.
+    Its patient is the small samples' (one patient per study, or the archive refuses it)."""
     frames = frames or rng.randint(3, 6)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -74,7 +75,7 @@ def _large(
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-    ds.PatientID, ds.Modality = "CRASH-1", "OT"
+    ds.PatientID, ds.Modality = base.PatientID, "OT"
     ds.Rows = ds.Columns = 512
     ds.NumberOfFrames = frames
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
@@ -257,7 +258,8 @@ def test_sigkill_during_stow_loses_nothing_acknowledged(
         assert kills_mid_request >= ROUNDS - 1, "the kills should land while uploads run"
         # One more kill aimed squarely inside a write: a large instance streams in, and the node
         # dies the moment its sealed temp file exists. Start-up must clean it and show nothing.
-        big = _large(rng, samples[0].study_uid, samples[0].series_uid, Dataset(), frames=96)
+        first = pydicom.dcmread(io.BytesIO(samples[0].data), stop_before_pixels=True)
+        big = _large(rng, samples[0].study_uid, samples[0].series_uid, first, frames=96)
         by_sop[big.sop_uid] = big
         samples.append(big)
         uploader = Uploader(node.dicomweb, [[big]], True)
