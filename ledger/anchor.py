@@ -91,29 +91,20 @@ class AuditAnchorClient:
 
     def history(self, member: str, to_block: int | None = None) -> list[tuple[int, bytes, int]]:
         """Every (size, root, block) the member anchored, oldest first (bounded log ranges)."""
+        return [
+            (size, root, block) for size, root, block, _ in self.history_with_tx(member, to_block)
+        ]
+
+    def history_with_tx(
+        self, member: str, to_block: int | None = None
+    ) -> list[tuple[int, bytes, int, str]]:
+        """Like history, with each anchor's transaction hash."""
         event = self.contract.events.Anchored()
-        topic_member = address_topic(member)
         logs = self.chain.get_logs(
             self.deployment.audit_anchor,
             self.deployment.block_number,
             to_block,
-            topics=[event.topic, topic_member],
-        )
-        out = []
-        for lg in sorted(logs, key=lambda x: (x["blockNumber"], x["logIndex"])):
-            args = event.process_log(lg)["args"]
-            out.append((int(args["treeSize"]), bytes(args["root"]), int(lg["blockNumber"])))
-        return out
-
-    def history_with_tx(self, member: str) -> list[tuple[int, bytes, int, str]]:
-        """Like history, with each anchor's transaction hash."""
-        event = self.contract.events.Anchored()
-        topic_member = address_topic(member)
-        logs = self.chain.get_logs(
-            self.deployment.audit_anchor,
-            self.deployment.block_number,
-            None,
-            topics=[event.topic, topic_member],
+            topics=[event.topic, address_topic(member)],
         )
         out = []
         for lg in sorted(logs, key=lambda x: (x["blockNumber"], x["logIndex"])):
