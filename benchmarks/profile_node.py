@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import os
 import signal
 import socket
@@ -21,24 +20,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 import httpx
+from dicomweb_one_patient import load_tool, one_patient_per_study  # benchmarks/
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("SHARED", ROOT.parent / "shared"))
 OUT = ROOT / "benchmarks" / "out"
 PHASES = ("stow_small", "wado_small", "stow_large", "wado_large", "qido")
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "dicomweb_bench", SHARED / "tools" / "dicomweb-bench.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _free_port() -> int:
@@ -80,7 +69,9 @@ def main() -> None:
     ap.add_argument("--phases", default=",".join(PHASES))
     ap.add_argument("--rate", type=int, default=200)
     args = ap.parse_args()
-    bench = _bench()
+    bench: Any = load_tool()  # a script, not a typed module
+    # One patient per study, as the archive requires (dicomweb_one_patient.py explains).
+    bench.small_set = one_patient_per_study(bench.small_set)
     OUT.mkdir(parents=True, exist_ok=True)
     py_spy = Path(sys.executable).parent / "py-spy"
     port = _free_port()
