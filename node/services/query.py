@@ -116,7 +116,8 @@ class SearchScope:
 
     Only `study_uids`; below study level, only series whose modality is not excluded (a NULL
     modality counts as excluded), with `images_only`, only instances with pixel rows and, with
-    `declared_clean`, only instances recorded as declaring no burned-in annotation.
+    `declared_clean`, only instances recorded as declaring no burned-in annotation; a series
+    only if it holds such an instance.
     """
 
     study_uids: frozenset[str]
@@ -135,10 +136,18 @@ class SearchScope:
         if level is not QueryLevel.STUDY and self.excluded_modalities:
             excluded = sorted(self.excluded_modalities)
             clauses.append(SERIES_T.c.modality.not_in(excluded))
-        if level is QueryLevel.INSTANCE and self.images_only:
-            clauses.append(INSTANCE_T.c.rows.is_not(None))
-        if level is QueryLevel.INSTANCE and self.declared_clean:
-            clauses.append(INSTANCE_T.c.burned_in_annotation.is_(False))
+        servable: list[ColumnElement[bool]] = []
+        if self.images_only:
+            servable.append(INSTANCE_T.c.rows.is_not(None))
+        if self.declared_clean:
+            servable.append(INSTANCE_T.c.burned_in_annotation.is_(False))
+        if level is QueryLevel.INSTANCE:
+            clauses += servable
+        elif level is QueryLevel.SERIES and servable:
+            # A series is listed only if it holds an instance the scope would list.
+            clauses.append(
+                exists().where(INSTANCE_T.c.series_uid == SERIES_T.c.series_uid, *servable)
+            )
         return clauses
 
 

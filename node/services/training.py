@@ -194,7 +194,13 @@ class TrainingView:
                 address = owner.address.lower()
                 out[study_uid] = VisibleStudy(study_uid, address, refs[address])
         record_unrecorded(self.archive, sorted(out))
-        return out
+        # Now that every image's declaration is recorded: a study whose images all declare
+        # burned-in annotation has nothing servable and is not listed.
+        with self.archive.engine.connect() as conn:
+            clean = records.studies_with_images(
+                conn, sorted(out), BURNED_IN_MODALITIES, declared_clean=True
+            )
+        return {uid: study for uid, study in out.items() if uid in clean}
 
     @cached_property
     def visible(self) -> dict[str, VisibleStudy]:
@@ -379,15 +385,11 @@ def _representatives(conn: Connection, study_uids: list[str]) -> list[str]:
 
 
 def _servable_series(conn: Connection, study_uids: list[str]) -> list[str]:
-    out: list[str] = []
-    series = records.SERIES
-    for i in range(0, len(study_uids), _CHUNK):
-        stmt = select(series.c.series_uid).where(
-            series.c.study_uid.in_(study_uids[i : i + _CHUNK]),
-            series.c.modality.not_in(sorted(BURNED_IN_MODALITIES)),
-        )
-        out += [row[0] for row in conn.execute(stmt)]
-    return out
+    """Series holding at least one instance the view serves (an image outside burned-in-prone
+    modalities that declares no burned-in annotation)."""
+    return sorted(
+        records.series_with_images(conn, study_uids, BURNED_IN_MODALITIES, declared_clean=True)
+    )
 
 
 def _uids_below(conn: Connection, level: str, study_uids: list[str]) -> list[str]:

@@ -129,12 +129,41 @@ def list_images(
 
 
 def studies_with_images(
-    conn: Connection, study_uids: list[str], excluded_modalities: frozenset[str] = frozenset()
+    conn: Connection,
+    study_uids: list[str],
+    excluded_modalities: frozenset[str] = frozenset(),
+    *,
+    declared_clean: bool = False,
 ) -> set[str]:
     """Those of these studies that `list_images` would find an instance in."""
+    return _holding_images(
+        conn, INSTANCE.c.study_uid, study_uids, excluded_modalities, declared_clean
+    )
+
+
+def series_with_images(
+    conn: Connection,
+    study_uids: list[str],
+    excluded_modalities: frozenset[str] = frozenset(),
+    *,
+    declared_clean: bool = False,
+) -> set[str]:
+    """The series of these studies that `list_images` would find an instance in."""
+    return _holding_images(
+        conn, INSTANCE.c.series_uid, study_uids, excluded_modalities, declared_clean
+    )
+
+
+def _holding_images(
+    conn: Connection,
+    column: Any,
+    study_uids: list[str],
+    excluded_modalities: frozenset[str],
+    declared_clean: bool,
+) -> set[str]:
     found: set[str] = set()
     for i in range(0, len(study_uids), 500):
-        q = _images([INSTANCE.c.study_uid], study_uids[i : i + 500], excluded_modalities)
+        q = _images([column], study_uids[i : i + 500], excluded_modalities, declared_clean)
         found.update(r[0] for r in conn.execute(q.distinct()))
     return found
 

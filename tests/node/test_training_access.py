@@ -442,6 +442,41 @@ def test_an_older_instance_is_judged_by_its_header_and_then_by_the_index(
     assert _sops(s.search(f"studies/{study}/instances")) == expected
 
 
+def test_studies_and_series_with_nothing_servable_are_not_listed(site: dict[str, Any]) -> None:
+    """A study (or series) whose images all declare burned-in annotation holds nothing the
+    credential may retrieve, so searches do not list it, even when its images were stored
+    before the index recorded their declarations."""
+    s: TrainingSite = site["site"]
+    mrn = "MRN-AI-8"
+    mixed, all_burned = generate_uid(), generate_uid()
+    burned_series, clean_series = generate_uid(), generate_uid()
+    images = [
+        make_ct(mixed, burned_series, patient_id=mrn, seed=40),
+        make_ct(mixed, burned_series, patient_id=mrn, seed=41),
+        make_ct(mixed, clean_series, patient_id=mrn, seed=42),
+        make_ct(all_burned, generate_uid(), patient_id=mrn, seed=43),
+    ]
+    for ds in images:
+        ds.BurnedInAnnotation = "NO" if ds.SeriesInstanceUID == clean_series else "YES"
+    s.store(images)
+    s.link(mrn)
+    s.grant(mrn)
+    # As an archive upgraded to 0007 holds them: declarations not yet recorded.
+    with s.node.archive.engine.begin() as conn:
+        conn.execute(
+            update(records.INSTANCE)
+            .where(records.INSTANCE.c.study_uid.in_([mixed, all_burned]))
+            .values(burned_in_annotation=None)
+        )
+
+    studies = _uids(s.search("studies"), "0020000D")
+    assert s.mapper(mixed) in studies
+    assert s.mapper(all_burned) not in studies
+    series = _uids(s.search(f"studies/{s.mapper(mixed)}/series"), "0020000E")
+    assert series == {s.mapper(clean_series)}
+    assert s.get(f"studies/{s.mapper(all_burned)}/series").status_code in (204, 404)
+
+
 def test_without_a_ledger_the_credential_gets_503_saying_why(tmp_path: Path) -> None:
     with serve_consent_node(tmp_path / "node", auth_enabled=True) as node:
         trainer = bearer(account_token(node.archive.settings, "t", "trainer", 60).access_token)
