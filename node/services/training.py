@@ -165,7 +165,7 @@ class TrainingView:
             self.cache.require_fresh()  # a stale cache answers 503, not an empty list
         with self.archive.engine.connect() as conn:
             # A study with nothing servable (only reports, or only ultrasound) is not listed.
-            with_images = records.studies_with_images(conn, study_uids, BURNED_IN_MODALITIES)
+            with_images = records.holding_images(conn, "study", study_uids, BURNED_IN_MODALITIES)
         out: dict[str, _Permitted] = {}
         for study_uid in study_uids:
             if study_uid not in with_images:
@@ -197,8 +197,8 @@ class TrainingView:
         # Now that every image's declaration is recorded: a study whose images all declare
         # burned-in annotation has nothing servable and is not listed.
         with self.archive.engine.connect() as conn:
-            clean = records.studies_with_images(
-                conn, sorted(out), BURNED_IN_MODALITIES, declared_clean=True
+            clean = records.holding_images(
+                conn, "study", sorted(out), BURNED_IN_MODALITIES, declared_clean=True
             )
         return {uid: study for uid, study in out.items() if uid in clean}
 
@@ -388,7 +388,9 @@ def _servable_series(conn: Connection, study_uids: list[str]) -> list[str]:
     """Series holding at least one instance the view serves (an image outside burned-in-prone
     modalities that declares no burned-in annotation)."""
     return sorted(
-        records.series_with_images(conn, study_uids, BURNED_IN_MODALITIES, declared_clean=True)
+        records.holding_images(
+            conn, "series", study_uids, BURNED_IN_MODALITIES, declared_clean=True
+        )
     )
 
 

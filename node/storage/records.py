@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, Row, Select, Table, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -128,39 +128,17 @@ def list_images(
     return [_row(r) for r in conn.execute(q)]
 
 
-def studies_with_images(
+def holding_images(
     conn: Connection,
+    level: Literal["study", "series"],
     study_uids: list[str],
     excluded_modalities: frozenset[str] = frozenset(),
     *,
     declared_clean: bool = False,
 ) -> set[str]:
-    """Those of these studies that `list_images` would find an instance in."""
-    return _holding_images(
-        conn, INSTANCE.c.study_uid, study_uids, excluded_modalities, declared_clean
-    )
-
-
-def series_with_images(
-    conn: Connection,
-    study_uids: list[str],
-    excluded_modalities: frozenset[str] = frozenset(),
-    *,
-    declared_clean: bool = False,
-) -> set[str]:
-    """The series of these studies that `list_images` would find an instance in."""
-    return _holding_images(
-        conn, INSTANCE.c.series_uid, study_uids, excluded_modalities, declared_clean
-    )
-
-
-def _holding_images(
-    conn: Connection,
-    column: Any,
-    study_uids: list[str],
-    excluded_modalities: frozenset[str],
-    declared_clean: bool,
-) -> set[str]:
+    """The studies (or the series of these studies) that `list_images` would find an
+    instance in."""
+    column = INSTANCE.c.study_uid if level == "study" else INSTANCE.c.series_uid
     found: set[str] = set()
     for i in range(0, len(study_uids), 500):
         q = _images([column], study_uids[i : i + 500], excluded_modalities, declared_clean)
