@@ -6,7 +6,6 @@ import csv
 import http.server
 import shutil
 import stat
-import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -21,27 +20,20 @@ from dicomweb_client.api import DICOMwebClient
 from federated.data import load_site
 from federated.sources import SourceError, SourceOptions, open_source
 from federated.synth import synthesize
+from tests.node.opshelpers import orthanc_start, orthanc_stop
 from tests.ports import free_port
-
-ORTHANC = Path(__file__).resolve().parents[3] / "shared" / "peers" / "orthanc"
 
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A fresh Orthanc with its DICOMweb plugin; yields the DICOMweb root URL."""
-    assert ORTHANC.is_file(), f"Orthanc peer script expected at {ORTHANC}"
     work = tmp_path_factory.mktemp("orthanc")
     http_port, dicom_port = free_port(), free_port()
-    subprocess.run(
-        [str(ORTHANC), "start", str(work), str(http_port), str(dicom_port)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    orthanc_start(work, http_port, dicom_port)
     try:
         yield f"http://127.0.0.1:{http_port}/dicom-web"
     finally:
-        subprocess.run([str(ORTHANC), "stop", str(work)], check=False, timeout=30)
+        orthanc_stop(work)
 
 
 @pytest.fixture(scope="module")
