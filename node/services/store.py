@@ -347,11 +347,19 @@ class InstanceIngest:
         )
         with archive.engine.connect() as conn:
             existing = records.find_instance(conn, sop_uid)
+            if existing is not None:
+                return self._duplicate(existing, sha, result)
             owner = records.series_study(conn, series["series_uid"])
-        if existing is not None:
-            return self._duplicate(existing, sha, result)
-        if owner is not None and owner != study["study_uid"]:
-            raise StoreFailure(REASON_STUDY_MISMATCH, "SeriesInstanceUID belongs to another study")
+            if owner is not None and owner != study["study_uid"]:
+                raise StoreFailure(
+                    REASON_STUDY_MISMATCH, "SeriesInstanceUID belongs to another study"
+                )
+            # Refused here, before the blob is made durable, when the study is already filed
+            # under another patient (a refusal then costs no fsync); the indexing transaction
+            # checks again, for a study whose first instance arrives concurrently.
+            filed_under = records.filed_patient(conn, study["study_uid"])
+            if filed_under is not None:
+                _check_patient(conn, filed_under, study)
         blob_name = self._blob.commit()
         instance.update(
             size_bytes=self._size,
@@ -362,8 +370,8 @@ class InstanceIngest:
         try:
             with archive.engine.begin() as conn:
                 filed = records.insert_instance(conn, study, series, instance)
-                if not filed.created:
-                    _check_patient(conn, filed, study)  # a refusal rolls the insert back
+                if not filed.created:  # a refusal rolls the insert back
+                    _check_patient(conn, (filed.patient_id, filed.patient_issuer), study)
                 elif self._match_orders:
                     match_new_study(
                         conn, study["study_uid"], study["accession_number"], study["patient_id"]
@@ -400,13 +408,16 @@ class InstanceIngest:
         )
 
 
-def _check_patient(conn: Connection, filed: records.FiledStudy, study: dict[str, Any]) -> None:
-    """Refuse an instance of a patient other than the one its study is filed under.
+def _check_patient(
+    conn: Connection, filed: tuple[str | None, str | None], study: dict[str, Any]
+) -> None:
+    """Refuse an instance of a patient other than the one (`filed`: Patient ID, issuer) its
+    study is filed under.
 
     Checked in the transaction that indexes the instance, after the study row exists, so two
     patients' first instances of one study arriving at once cannot both be filed."""
     arriving = (study["patient_id"], study["patient_issuer"])
-    if not same_patient(conn, (filed.patient_id, filed.patient_issuer), arriving):
+    if not same_patient(conn, filed, arriving):
         raise StoreFailure(REASON_PATIENT_MISMATCH, PATIENT_MISMATCH)
 
 

@@ -175,6 +175,17 @@ def record_burned_in(conn: Connection, declared: dict[str, bool]) -> None:
     conn.execute(stmt, [{"b_sop_uid": k, "b_declared": v} for k, v in declared.items()])
 
 
+_FILED_PATIENT = select(STUDY.c.patient_id, STUDY.c.patient_issuer).where(
+    STUDY.c.study_uid == bindparam("study_uid")
+)
+
+
+def filed_patient(conn: Connection, study_uid: str) -> tuple[str | None, str | None] | None:
+    """(Patient ID, issuer) a stored study is filed under, or None for an unknown study."""
+    row = conn.execute(_FILED_PATIENT, {"study_uid": study_uid}).first()
+    return None if row is None else (row[0], row[1])
+
+
 def series_study(conn: Connection, series_uid: str) -> str | None:
     """The study a series belongs to, if the series is known."""
     return conn.execute(
