@@ -20,15 +20,8 @@ from fastapi import FastAPI
 from ledger.consortium import ConsortiumClient, ProposalKind, ProposalStatus
 from ledger.deploy import MemberInfo, deploy_suite
 from ledger.pki import (
-    CertificateAuthority,
-    cert_pem,
     create_ca,
-    fingerprint,
     load_ca_cert,
-    make_csr,
-    new_key,
-    sign_csr,
-    write_private_key,
 )
 from node.api.peer_auth import PeerDep
 from node.app import _install_error_handlers
@@ -36,23 +29,9 @@ from node.tls.contexts import client_context, server_context
 from node.tls.peers import PeerDirectory, RegistryMembers
 from node.tls.uvicorn_mtls import MtlsH11Protocol, MtlsHttpToolsProtocol
 from tests.ledger.conftest import ChainEnv, free_port, make_env
+from tests.node.exchange_helpers import NodeCert, issue
 
 PASSPHRASE = b"correct horse battery staple"
-
-
-@dataclass
-class NodeCert:
-    cert: Path
-    key: Path
-    fingerprint: bytes
-
-
-def issue(ca: CertificateAuthority, directory: Path, name: str) -> NodeCert:
-    key = new_key()
-    write_private_key(directory / f"{name}.key", key)
-    cert = sign_csr(ca, make_csr(key, name, [], ["127.0.0.1"]))
-    (directory / f"{name}.crt").write_bytes(cert_pem(cert))
-    return NodeCert(directory / f"{name}.crt", directory / f"{name}.key", fingerprint(cert))
 
 
 @dataclass
